@@ -1,0 +1,308 @@
+"""numba kernels. Plain scalars and arrays in, results written into caller arrays.
+
+Switches arrive as floats (1.0 on, 0.0 off) so that every kernel compiles once and
+numba's on-disk cache (``cache=True``) keeps working. ``forces.py`` is the reference.
+
+Row kernels (interference off)
+------------------------------
+Without interference each row is on its own and, over one step with its sign pattern
+frozen, every stage value of an active weight is an affine function of its value at the
+step start, ``|u| = α|w| - β``. A stage therefore needs only the row sums
+``s2 = Σw²``, ``s1 = Σ|w|`` and the active count ``k``:
+``Σu² = α² s2 - 2αβ s1 + β² k``. A step of any explicit method is scalar arithmetic
+followed by one pass over the row's active weights, which also compacts the active list
+(exact zeros drop out: with interference off the force on a zero weight is exactly 0,
+so it can never be released) and accumulates the sums for the next step.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+_opts = dict(cache=True, nogil=True, error_model="numpy")
+
+STATUS_DONE, STATUS_BUDGET, STATUS_STOP, STATUS_NONFINITE = 0, 1, 2, 3
+
+
+@numba.njit(**_opts)
+def rows_init(W, idx, cnt, s1, s2):
+    """Build each row's active list and sums from W.
+
+    W : (n, m) float64; idx : (n, m) int64 (out); cnt, s1, s2 : (n,) (out).
+    """
+    n, m = W.shape
+    for i in range(n):
+        k = 0
+        a1 = 0.0
+        a2 = 0.0
+        for col in range(m):
+            w = W[i, col]
+            if w != 0.0:
+                idx[i, k] = col
+                k += 1
+                a1 += abs(w)
+                a2 += w * w
+        cnt[i] = k
+        s1[i] = a1
+        s2[i] = a2
+
+
+@numba.njit(**_opts)
+def affine_step(s1, s2, k, h, a, b, fb, c, lam, P, Q):
+    """Coefficients (α, β) of one explicit step on a row without interference.
+
+    Stage ``j`` has derivative ``P[j] |w| - Q[j]`` on every active weight, where
+    ``g = fb c (1 - Σu²)`` at the stage value ``u``. ``a`` (S, S), ``b`` (S,) is the
+    Butcher tableau; P, Q are (S,) scratch. Returns ``(α, β, N0)``.
+    """
+    S = b.shape[0]
+    N0 = s2
+    for st in range(S):
+        al = 1.0
+        be = 0.0
+        for j in range(st):
+            if a[st, j] != 0.0:
+                al += h * a[st, j] * P[j]
+                be += h * a[st, j] * Q[j]
+        N = al * al * s2 - 2.0 * al * be * s1 + be * be * k
+        g = fb * c * (1.0 - N)
+        P[st] = g * al
+        Q[st] = g * be + lam
+    al = 1.0
+    be = 0.0
+    for st in range(S):
+        al += h * b[st] * P[st]
+        be += h * b[st] * Q[st]
+    return al, be, N0
+
+
+@numba.njit(**_opts)
+def rows_apply(W, idx, cnt, s1, s2, i, al, be):
+    """Apply ``w ← S_β(α w)`` to row i's active weights; compact; refresh sums."""
+    k = 0
+    a1 = 0.0
+    a2 = 0.0
+    for p in range(cnt[i]):
+        col = idx[i, p]
+        v = al * W[i, col]
+        r = abs(v) - be
+        if r > 0.0:
+            W[i, col] = r if v > 0.0 else -r
+            idx[i, k] = col
+            k += 1
+            a1 += r
+            a2 += r * r
+        else:
+            W[i, col] = 0.0
+    cnt[i] = k
+    s1[i] = a1
+    s2[i] = a2
+
+
+@numba.njit(**_opts)
+def rows_run(W, idx, cnt, s1, s2, t0, t1, dt, j0, jmax, a, b, fb, c, lam, stop_nnz, out):
+    """Take explicit steps on all rows from ``t0 + j0 dt`` towards ``t1``.
+
+    Step ``j`` ends at ``t0 + (j+1) dt``, the last one shortened to end at ``t1``.
+    Stops at ``t1`` (status 0), after ``jmax`` steps (1), when every row has at most
+    ``stop_nnz`` active weights (2; ``stop_nnz < 0`` disables) or before a step that
+    would produce a non-finite value (3; the state is left at the last finite step).
+
+    out : (4,) float64, receives (time reached, step index reached, status, bad row).
+    """
+    n = W.shape[0]
+    S = b.shape[0]
+    P = np.empty(S)
+    Q = np.empty(S)
+    j = j0
+    t = t0 + j0 * dt if j0 > 0 else t0
+    if t > t1:
+        t = t1
+    status = STATUS_DONE
+    bad = -1
+    while t < t1:
+        t_next = t0 + (j + 1) * dt
+        if t_next >= t1 - 1e-9 * dt:
+            t_next = t1
+        h = t_next - t
+        for i in range(n):
+            if cnt[i] == 0:
+                continue
+            al, be, N0 = affine_step(s1[i], s2[i], cnt[i], h, a, b, fb, c, lam, P, Q)
+            if not (np.isfinite(al) and np.isfinite(be) and abs(al) < 1e150):
+                bad = i
+                break
+            rows_apply(W, idx, cnt, s1, s2, i, al, be)
+        if bad >= 0:
+            status = STATUS_NONFINITE
+            break
+        j += 1
+        t = t_next
+        if stop_nnz >= 0:
+            done = True
+            for i in range(n):
+                if cnt[i] > stop_nnz:
+                    done = False
+                    break
+            if done:
+                status = STATUS_STOP
+                break
+        if t < t1 and j - j0 >= jmax:
+            status = STATUS_BUDGET
+            break
+    out[0] = t
+    out[1] = j
+    out[2] = status
+    out[3] = bad
+
+
+@numba.njit(**_opts)
+def rows_stats(W, idx, cnt, l1, nnz, l2sq, l4):
+    """Per-row ‖W_i‖₁, m′_i, ‖W_i‖², ‖W_i‖₄⁴ from the active lists (outputs (n,))."""
+    n = W.shape[0]
+    for i in range(n):
+        a1 = 0.0
+        a2 = 0.0
+        a4 = 0.0
+        for p in range(cnt[i]):
+            w = W[i, idx[i, p]]
+            w2 = w * w
+            a1 += abs(w)
+            a2 += w2
+            a4 += w2 * w2
+        l1[i] = a1
+        nnz[i] = cnt[i]
+        l2sq[i] = a2
+        l4[i] = a4
+
+
+# ---------------------------------------------------------------- dense phase kernels
+# The two matrix products per force evaluation (G = W Wᵀ by syrk, P W by gemm) are
+# done by BLAS through NumPy; these kernels fuse the elementwise work around them.
+
+
+@numba.njit(**_opts)
+def relu_offdiag(G, P):
+    """P = ReLU(G) with a zero diagonal. G, P : (n, n)."""
+    n = G.shape[0]
+    for i in range(n):
+        for j in range(n):
+            g = G[i, j]
+            P[i, j] = g if (g > 0.0 and i != j) else 0.0
+
+
+@numba.njit(**_opts)
+def combine_force(W, norms, PW, fb, interf, c, F):
+    """F = fb c (1 - norms_i) W_i - interf c (PW)_i. All (n, m) but norms (n,)."""
+    n, m = W.shape
+    for i in range(n):
+        g = fb * c * (1.0 - norms[i])
+        ci = interf * c
+        for k in range(m):
+            F[i, k] = g * W[i, k] - ci * PW[i, k]
+
+
+@numba.njit(**_opts)
+def row_sumsq(W, out):
+    """out_i = Σ_k W_ik². W : (n, m), out : (n,)."""
+    n, m = W.shape
+    for i in range(n):
+        acc = 0.0
+        for k in range(m):
+            acc += W[i, k] * W[i, k]
+        out[i] = acc
+
+
+@numba.njit(**_opts)
+def add_sign_force(W, lam, F):
+    """F -= λ sign(W) (nothing at exact zeros). W, F : (n, m)."""
+    n, m = W.shape
+    for i in range(n):
+        for k in range(m):
+            w = W[i, k]
+            if w > 0.0:
+                F[i, k] -= lam
+            elif w < 0.0:
+                F[i, k] += lam
+
+
+@numba.njit(**_opts)
+def sign_pattern(W, F0, lam, s):
+    """Frozen signs for a step: sign(w), or sign(F) for a released zero, else 0."""
+    n, m = W.shape
+    for i in range(n):
+        for k in range(m):
+            w = W[i, k]
+            if w > 0.0:
+                s[i, k] = 1.0
+            elif w < 0.0:
+                s[i, k] = -1.0
+            else:
+                f = F0[i, k]
+                s[i, k] = (1.0 if f > 0.0 else -1.0) if abs(f) > lam else 0.0
+
+
+@numba.njit(**_opts)
+def masked_stage(F, s, lam, use_sign, K):
+    """K = F - λ s on active weights and 0 on pinned ones (``use_sign``); else K = F."""
+    n, m = F.shape
+    for i in range(n):
+        for k in range(m):
+            if use_sign:
+                sk = s[i, k]
+                K[i, k] = F[i, k] - lam * sk if sk != 0.0 else 0.0
+            else:
+                K[i, k] = F[i, k]
+
+
+@numba.njit(**_opts)
+def stage_value(W, K, coef, nk, U):
+    """U = W + Σ_{j<nk} coef_j K_j. K : (S, n, m), coef : (S,)."""
+    n, m = W.shape
+    for i in range(n):
+        for k in range(m):
+            acc = W[i, k]
+            for j in range(nk):
+                if coef[j] != 0.0:
+                    acc += coef[j] * K[j, i, k]
+            U[i, k] = acc
+
+
+@numba.njit(**_opts)
+def finish_step(W, K, coef, s, use_sign, V):
+    """V = W + Σ_j coef_j K_j; with ``use_sign`` weights whose sign flips become 0.
+
+    Returns False (V untrusted) if any value is non-finite.
+    """
+    n, m = W.shape
+    S = coef.shape[0]
+    ok = True
+    for i in range(n):
+        for k in range(m):
+            acc = W[i, k]
+            for j in range(S):
+                acc += coef[j] * K[j, i, k]
+            if use_sign and not acc * s[i, k] > 0.0:
+                acc = 0.0
+            if not np.isfinite(acc):
+                ok = False
+            V[i, k] = acc
+    return ok
+
+
+@numba.njit(**_opts)
+def prox_euler(W, F, h, lam, use_sign, V):
+    """V = S_{hλ}(W + h F) (plain Euler when not ``use_sign``). Returns all-finite."""
+    n, m = W.shape
+    thr = h * lam
+    ok = True
+    for i in range(n):
+        for k in range(m):
+            x = W[i, k] + h * F[i, k]
+            if use_sign:
+                r = abs(x) - thr
+                x = (r if x > 0.0 else -r) if r > 0.0 else 0.0
+            if not np.isfinite(x):
+                ok = False
+            V[i, k] = x
+    return ok

@@ -1,0 +1,152 @@
+"""Plain NumPy reference of every force and every explicit stepper.
+
+This module is the readable truth and the test oracle: the numba kernels in
+``_kernels.py`` must agree with it. Nothing here is optimised.
+
+Forces on W (shape (n, m)), row by row::
+
+    feature benefit   c (1 - |W_i|²) W_i
+    interference     -c Σ_{j≠i} ReLU(W_i·W_j) W_j
+    L1 sign force    -λ sign(W_i)
+
+The sign force is discontinuous at 0. Its exact (Filippov) flow keeps a weight at 0
+while the other forces on it are at most λ in magnitude. The steppers treat it exactly:
+
+* ``euler`` is Lie splitting, i.e. proximal gradient: ``W ← S_{hλ}(W + h F(W))`` with
+  the soft-threshold ``S_a(w) = sign(w) max(|w| - a, 0)`` (the exact flow of the sign
+  force over a step).
+* ``heun`` and ``rk4`` freeze the sign pattern over the step: at the step start a
+  weight is *active* if it is nonzero (sign s = sign(w)) or if it is zero and the smooth
+  force on it exceeds λ (released, s = sign(F)); other zeros are pinned at exactly 0.
+  The Runge-Kutta method then integrates ``dw/dt = F(w) - λ s`` on active weights
+  (smooth within the step), and an active weight whose sign would flip is set to 0
+  (it reached 0 inside the step; it is released again next step only if the force on it
+  exceeds λ). With interference off this keeps the method's full order (the flow of
+  every alive weight is smooth), where Strang splitting would be second order at best.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+#: Butcher tableaux (a, b) of the explicit methods; c nodes are implied by a.
+TABLEAUX = {
+    "euler": (np.zeros((1, 1)), np.array([1.0])),
+    "heun": (np.array([[0.0, 0.0], [1.0, 0.0]]), np.array([0.5, 0.5])),
+    "rk4": (
+        np.array([[0, 0, 0, 0], [0.5, 0, 0, 0], [0, 0.5, 0, 0], [0, 0, 1.0, 0]], dtype=float),
+        np.array([1, 2, 2, 1], dtype=float) / 6.0,
+    ),
+}
+#: Order of each explicit method for smooth problems.
+ORDER = {"euler": 1, "heun": 2, "rk4": 4}
+
+
+def feature_benefit(W, c=1.0):
+    """``c (1 - |W_i|²) W_i`` for every row. W: (n, m) -> (n, m)."""
+    W = np.asarray(W, dtype=np.float64)
+    return c * (1.0 - np.sum(W * W, axis=1))[:, None] * W
+
+
+def interference(W, c=1.0):
+    """``-c Σ_{j≠i} ReLU(W_i·W_j) W_j`` for every row. W: (n, m) -> (n, m)."""
+    W = np.asarray(W, dtype=np.float64)
+    P = np.maximum(W @ W.T, 0.0)
+    np.fill_diagonal(P, 0.0)
+    return -c * (P @ W)
+
+
+def l1_force(W, lam):
+    """``-λ sign(W)`` (0 at exact zeros). W: (n, m) -> (n, m)."""
+    return -lam * np.sign(np.asarray(W, dtype=np.float64))
+
+
+def smooth_force(W, model):
+    """Sum of the switched-on smooth forces (feature benefit, interference)."""
+    W = np.asarray(W, dtype=np.float64)
+    F = np.zeros_like(W)
+    if model.feature_benefit:
+        F += feature_benefit(W, model.c)
+    if model.interference:
+        F += interference(W, model.c)
+    return F
+
+
+def total_force(W, model):
+    """Sum of all switched-on forces, with ``sign(0) = 0``. W: (n, m) -> (n, m)."""
+    F = smooth_force(W, model)
+    if model.l1:
+        F += l1_force(W, model.lam)
+    return F
+
+
+def loss(W, model):
+    """Total loss of the simulated model (sum over rows of ``row_stats(W)['loss']``).
+
+    With ``c = 4`` the smooth forces are minus its gradient.
+    """
+    from .trajectory import row_stats
+
+    return float(row_stats(W, model)["loss"].sum())
+
+
+def soft_threshold(x, a):
+    """``sign(x) max(|x| - a, 0)``: the exact flow of ``-sign`` over time ``a``."""
+    return np.sign(x) * np.maximum(np.abs(x) - a, 0.0)
+
+
+def reference_step(W, model, h, method):
+    """One step of an explicit method (the definition the kernels must match).
+
+    Parameters
+    ----------
+    W : ndarray, shape (n, m)
+    model : Model
+    h : float
+        Step size.
+    method : {"euler", "heun", "rk4"}
+
+    Returns
+    -------
+    ndarray, shape (n, m)
+        The new weights (exact zeros where the step ends at 0).
+    """
+    W = np.asarray(W, dtype=np.float64)
+    lam = model.l1_strength
+    if method == "euler":
+        V = W + h * smooth_force(W, model)
+        return soft_threshold(V, h * lam) if model.l1 else V
+    a, b = TABLEAUX[method]
+    if model.l1:
+        F0 = smooth_force(W, model)
+        s = np.where(W != 0, np.sign(W), np.where(np.abs(F0) > lam, np.sign(F0), 0.0))
+    else:
+        s = None
+    K = []
+    for i in range(len(b)):
+        U = W + h * sum(a[i, j] * K[j] for j in range(i) if a[i, j] != 0.0)
+        if s is None:
+            K.append(smooth_force(U, model))
+        else:
+            K.append(np.where(s != 0, smooth_force(U, model) - lam * s, 0.0))
+    V = W + h * sum(b[i] * K[i] for i in range(len(b)))
+    if s is not None:
+        V = np.where(V * s > 0, V, 0.0)
+    return V
+
+
+def reference_run(W0, model, t_max, dt, method):
+    """Integrate with fixed steps ``dt`` (last one shortened) up to ``t_max``.
+
+    Returns
+    -------
+    ndarray, shape (n, m)
+    """
+    W = np.array(W0, dtype=np.float64)
+    t = 0.0
+    k = 0
+    while t < t_max:
+        t_next = min((k + 1) * dt, t_max)
+        W = reference_step(W, model, t_next - t, method)
+        t = t_next
+        k += 1
+    return W

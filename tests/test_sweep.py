@@ -1,0 +1,304 @@
+"""Tests of flowsim.sweep: executors agree, resume, retries, crashes, interrupts, store."""
+import collections
+import concurrent.futures as cf
+import csv
+import json
+import multiprocessing
+import os
+import sys
+import time
+
+import pytest
+
+import _sweep_helpers as helpers
+from flowsim import sweep
+from flowsim.errors import FlowsimInputError
+from flowsim.sweep import RunSpec, load_store, results_table, run_sweep, write_csv
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+FIELDS = {"key", "params", "result", "flowsim_version", "wall_seconds", "attempts"}
+
+
+@pytest.fixture
+def log_dir(tmp_path, monkeypatch):
+    """Workers (spawned after this) can import _sweep_helpers and log their calls."""
+    path = tmp_path / "log"
+    path.mkdir()
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        [TESTS_DIR] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    monkeypatch.setenv(helpers.LOG_ENV, str(path))
+    return path
+
+
+def executions(log_dir):
+    """tag -> number of calls of the toy fn, over all processes."""
+    return collections.Counter(name.split(".")[1] for name in os.listdir(log_dir)
+                               if name.startswith("exec."))
+
+
+def specs_for(ms=(3, 5), seeds=(0, 1, 2), modes=None):
+    """One spec per (m, seed); ``modes`` maps a key to the toy's failure mode."""
+    modes = modes or {}
+    out = []
+    for m in ms:
+        for s in seeds:
+            key = f"m{m}_s{s}"
+            params = {"n": 4, "m": m, "seed": s, "lam": 0.1}
+            if key in modes:
+                params.update(modes[key] if isinstance(modes[key], dict) else {"mode": modes[key]})
+            out.append(RunSpec(key, params))
+    return out
+
+
+def sweep_csv(specs, store, path, **kw):
+    res = run_sweep(helpers.toy, specs, store, progress=False, **kw)
+    write_csv(results_table(specs, res), path)
+    return res, path.read_bytes()
+
+
+def stored_without_timing(store):
+    return {k: {f: v for f, v in r.items() if f not in ("wall_seconds", "attempts")}
+            for k, r in load_store(store).items()}
+
+
+# ---------------------------------------------------------------- executors agree
+
+def test_local_pool_and_given_executor_match_serial(tmp_path, log_dir):
+    specs = specs_for()
+    ser, ser_csv = sweep_csv(specs, tmp_path / "ser", tmp_path / "ser.csv", executor="serial")
+    loc, loc_csv = sweep_csv(specs, tmp_path / "loc", tmp_path / "loc.csv",
+                             executor="local", workers=2)
+    with cf.ThreadPoolExecutor(2) as pool:
+        giv, giv_csv = sweep_csv(specs, tmp_path / "giv", tmp_path / "giv.csv", executor=pool)
+        assert pool.submit(int, "7").result() == 7          # used as given, not shut down
+    assert loc_csv == ser_csv and giv_csv == ser_csv
+    assert list(ser.results) == [s.key for s in specs]      # spec order
+    assert loc.results == ser.results and not ser.failed and ser.skipped == []
+    assert stored_without_timing(tmp_path / "loc") == stored_without_timing(tmp_path / "ser")
+    record = load_store(tmp_path / "ser")["m5_s2"]
+    assert set(record) == FIELDS and record["attempts"] == 1
+    assert record["params"] == specs[-1].params and record["result"] == ser.results["m5_s2"]
+    # NumPy scalar and array results are stored as plain JSON numbers and lists
+    assert isinstance(record["result"]["mean"], float) and len(record["result"]["quartiles"]) == 3
+    rows = list(csv.DictReader(open(tmp_path / "ser.csv")))
+    assert [r["key"] for r in rows] == [s.key for s in specs]
+    assert float(rows[0]["norm2"]) == ser.results["m3_s0"]["norm2"]    # exact round trip
+    assert executions(log_dir) == {s.key: 3 for s in specs}          # once per sweep
+
+
+def test_dask_local_cluster_matches_serial(tmp_path, log_dir):
+    pytest.importorskip("distributed")
+    specs = specs_for()
+    _, ser_csv = sweep_csv(specs, tmp_path / "ser", tmp_path / "ser.csv", executor="serial")
+    t0 = time.perf_counter()
+    res, dask_csv = sweep_csv(specs, tmp_path / "dask", tmp_path / "dask.csv",
+                              executor="dask", workers=2)
+    print(f"dask sweep (LocalCluster 2 workers, {len(specs)} runs): "
+          f"{time.perf_counter() - t0:.2f} s")
+    assert dask_csv == ser_csv and not res.failed
+    assert stored_without_timing(tmp_path / "dask") == stored_without_timing(tmp_path / "ser")
+
+
+def test_dask_scheduler_reschedules_run_of_dead_worker(tmp_path, log_dir):
+    distributed = pytest.importorskip("distributed")
+    specs = specs_for(modes={"m3_s1": "exit_once", "m5_s0": "once"})
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        res = run_sweep(helpers.toy, specs, tmp_path / "store", executor="dask",
+                        scheduler=cluster.scheduler_address, progress=False)
+        with distributed.Client(cluster) as client:           # the cluster was left running
+            assert client.submit(int, "7").result() == 7
+    calls = executions(log_dir)
+    assert calls["m3_s1"] == 2 and calls["m5_s0"] == 2 and calls["m5_s1"] == 1
+    assert not res.failed and list(res.results) == [s.key for s in specs]
+    ref = run_sweep(helpers.toy, specs_for(), tmp_path / "ref", executor="serial",
+                    progress=False)
+    assert res.results == ref.results
+
+
+# ---------------------------------------------------------------- resume, interrupt
+
+def test_interrupted_sweep_resumes_only_missing_runs(tmp_path, log_dir):
+    store = tmp_path / "store"
+    interrupted = specs_for(modes={"m5_s0": "interrupt"})
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(helpers.toy, interrupted, store, executor="serial", progress=False)
+    assert sorted(load_store(store)) == ["m3_s0", "m3_s1", "m3_s2"]   # finished before ^C
+    assert not [n for n in os.listdir(store) if n.startswith(".")]    # no temp files
+    first = executions(log_dir)
+    specs = specs_for()
+    res = run_sweep(helpers.toy, specs, store, executor="serial", progress=False)
+    ran = executions(log_dir) - first
+    assert res.skipped == ["m3_s0", "m3_s1", "m3_s2"]
+    assert ran == {"m5_s0": 1, "m5_s1": 1, "m5_s2": 1}
+    fresh = run_sweep(helpers.toy, specs, tmp_path / "fresh", executor="serial",
+                      progress=False)
+    assert res.results == fresh.results and list(res.results) == [s.key for s in specs]
+
+
+def test_interrupt_from_local_pool_does_not_wait_for_running_runs(tmp_path, log_dir):
+    # m3_s0 ends well before m3_s1 interrupts; m5_s0 then runs for a minute
+    specs = specs_for(seeds=(0, 1), modes={"m3_s1": {"mode": "interrupt", "sleep": 1.0},
+                                           "m5_s0": {"sleep": 60.0},
+                                           "m5_s1": {"sleep": 60.0}})
+    before = {p.pid for p in multiprocessing.active_children()}
+    t0 = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(helpers.toy, specs, tmp_path / "store", executor="local", workers=2,
+                  progress=False)
+    # a 60 s run may have started; it must have been terminated, not waited for
+    assert time.perf_counter() - t0 < 20
+    assert list(load_store(tmp_path / "store")) == ["m3_s0"]
+    deadline = time.monotonic() + 10
+    while {p.pid for p in multiprocessing.active_children()} - before:
+        assert time.monotonic() < deadline, "pool workers still alive after the interrupt"
+        time.sleep(0.05)
+    assert "m5_s1" not in executions(log_dir)        # never submitted after the interrupt
+
+
+def test_mismatched_params_in_store_raise_and_resume_false_overwrites(tmp_path, log_dir):
+    store = tmp_path / "store"
+    run_sweep(helpers.toy, [RunSpec("a", {"m": 3, "seed": 0})], store, executor="serial",
+              progress=False)
+    changed = [RunSpec("a", {"m": 4, "seed": 0})]
+    before = executions(log_dir)
+    with pytest.raises(FlowsimInputError, match=r"^invalid store=.*m: stored 3, now 4"):
+        run_sweep(helpers.toy, changed, store, executor="serial", progress=False)
+    assert executions(log_dir) == before                 # checked before running anything
+    res = run_sweep(helpers.toy, changed, store, executor="serial", resume=False,
+                    progress=False)
+    assert res.skipped == [] and load_store(store)["a"]["params"] == {"m": 4, "seed": 0}
+    assert len(res.results["a"]["quartiles"]) == 3
+
+
+# ---------------------------------------------------------------- failures
+
+def test_run_that_raises_once_is_retried(tmp_path, log_dir):
+    specs = specs_for(seeds=(0,), modes={"m3_s0": "once"})
+    res = run_sweep(helpers.toy, specs, tmp_path / "s", executor="serial", progress=False)
+    assert not res.failed and set(res.results) == {"m3_s0", "m5_s0"}
+    assert load_store(tmp_path / "s")["m3_s0"]["attempts"] == 2
+    assert executions(log_dir) == {"m3_s0": 2, "m5_s0": 1}
+
+
+@pytest.mark.parametrize("mode, calls, text", [
+    ("always", 3, "RuntimeError: m3_s0 always fails [_sweep_helpers.py:"),
+    ("input", 1, "FlowsimInputError: invalid m=3: toy input error"),
+    ("bad_result", 1, "not JSON-ready"),
+])
+def test_failing_run_is_recorded_and_others_go_on(tmp_path, log_dir, mode, calls, text):
+    specs = specs_for(seeds=(0, 1), modes={"m3_s0": mode})
+    res = run_sweep(helpers.toy, specs, tmp_path / "s", executor="serial", retries=2,
+                    progress=False)
+    assert list(res.failed) == ["m3_s0"] and text in res.failed["m3_s0"]
+    assert list(res.results) == ["m3_s1", "m5_s0", "m5_s1"]
+    assert sorted(load_store(tmp_path / "s")) == ["m3_s1", "m5_s0", "m5_s1"]
+    assert executions(log_dir)["m3_s0"] == calls           # input errors are not retried
+    assert [r["key"] for r in results_table(specs, res)] == list(res.results)
+
+
+def test_dead_worker_loses_only_its_own_run(tmp_path, log_dir):
+    specs = specs_for(modes={"m3_s1": "exit_once", "m5_s2": "always"})
+    res = run_sweep(helpers.toy, specs, tmp_path / "s", executor="local", workers=2,
+                    retries=1, progress=False)
+    ref = run_sweep(helpers.toy, specs_for(), tmp_path / "ref", executor="serial",
+                    progress=False)
+    assert list(res.failed) == ["m5_s2"] and "(after 2 attempts)" in res.failed["m5_s2"]
+    assert res.results == {k: v for k, v in ref.results.items() if k != "m5_s2"}
+    calls = executions(log_dir) - collections.Counter(list(ref.results))   # minus ref sweep
+    assert calls["m3_s1"] == 2 and calls["m5_s2"] == 2
+    # a run in flight beside the crash is rerun at most once, and never charged for it
+    assert all(1 <= calls[k] <= 2 for k in ref.results)
+    assert load_store(tmp_path / "s")["m3_s1"]["attempts"] == 2
+
+
+# ---------------------------------------------------------------- validation
+
+@pytest.mark.parametrize("key", ["", "a/b", "../x", ".hidden", "-x", "a b", "x" * 201,
+                                 "é", "a\\b", 3, None])
+def test_bad_keys_rejected(key):
+    with pytest.raises(FlowsimInputError, match=r"^invalid key="):
+        RunSpec(key, {})
+
+
+@pytest.mark.parametrize("params", [[("m", 1)], {1: 2}, {"x": object()}, {"x": float("nan")},
+                                    {"x": [1.0, float("inf")]}])
+def test_bad_params_rejected(params):
+    with pytest.raises(FlowsimInputError, match=r"^invalid params"):
+        RunSpec("ok", params)
+
+
+def test_params_are_normalised():
+    import numpy as np
+    spec = RunSpec("A-1.b_2", {"t": (1, 2), "m": np.int64(3), "x": np.array([0.5])})
+    assert spec.params == {"t": [1, 2], "m": 3, "x": [0.5]} and type(spec.params["m"]) is int
+
+
+@pytest.mark.parametrize("kw, name", [
+    (dict(executor="nope"), "executor"), (dict(workers=0), "workers"),
+    (dict(retries=-1), "retries"), (dict(executor="serial", scheduler="tcp://x:1"), "scheduler"),
+    (dict(specs=[RunSpec("ab", {}), RunSpec("AB", {})]), "specs"),
+    (dict(specs=[{"key": "a"}]), "specs"), (dict(fn=lambda p: p), "fn"),
+])
+def test_bad_arguments_rejected(tmp_path, kw, name):
+    args = dict(fn=helpers.toy, specs=[RunSpec("a", {"m": 1, "seed": 0})],
+                store=tmp_path / "s", executor="local", progress=False)
+    args.update(kw)
+    with pytest.raises(FlowsimInputError, match=rf"^invalid {name}="):
+        run_sweep(**args)
+
+
+def test_missing_distributed_gives_install_hint(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)     # makes the import fail
+    with pytest.raises(FlowsimInputError, match=r'pip install "flowsim\[dask\]"'):
+        run_sweep(helpers.toy, [RunSpec("a", {"m": 1, "seed": 0})], tmp_path / "s",
+                  executor="dask", progress=False)
+
+
+def test_load_store_rejects_foreign_files(tmp_path):
+    with pytest.raises(FlowsimInputError, match=r"^invalid store="):
+        load_store(tmp_path / "missing")
+    (tmp_path / "x.json").write_text("{not json")
+    with pytest.raises(FlowsimInputError, match=r"x.json is not a readable run record"):
+        load_store(tmp_path)
+    rec = dict.fromkeys(FIELDS, 0) | {"key": "y"}
+    (tmp_path / "x.json").write_text(json.dumps(rec))
+    with pytest.raises(FlowsimInputError, match=r"holds key 'y'"):
+        load_store(tmp_path)
+    (tmp_path / "x.json").write_text(json.dumps({"key": "x"}))
+    with pytest.raises(FlowsimInputError, match=r"needs fields"):
+        run_sweep(helpers.toy, [RunSpec("x", {"m": 1, "seed": 0})], tmp_path,
+                  executor="serial", progress=False)
+
+
+# ---------------------------------------------------------------- tables and atomic writes
+
+def test_results_table_and_write_csv(tmp_path):
+    specs = [RunSpec("a", {"m": 2, "lam": 0.1}), RunSpec("b", {"m": 3}), RunSpec("c", {"m": 4})]
+    results = {"b": {"loss": 1 / 3, "m": 3, "hist": [1, 2]}, "a": {"loss": float("nan")}}
+    rows = results_table(specs, results)
+    assert rows == [{"key": "a", "m": 2, "lam": 0.1, "loss": rows[0]["loss"]},
+                    {"key": "b", "m": 3, "loss": 1 / 3, "hist": [1, 2]}]   # c failed: no row
+    write_csv(rows, tmp_path / "sub" / "t.csv")
+    got = list(csv.reader(open(tmp_path / "sub" / "t.csv")))
+    assert got == [["key", "m", "lam", "loss", "hist"], ["a", "2", "0.1", "nan", ""],
+                   ["b", "3", "", repr(1 / 3), "[1, 2]"]]
+    assert float(got[2][3]) == 1 / 3
+    assert os.listdir(tmp_path / "sub") == ["t.csv"]
+    with pytest.raises(FlowsimInputError, match=r"field 'm' is 5 in the result"):
+        results_table(specs, {"a": {"m": 5}})
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / "f.txt"
+    sweep._atomic_write_text(path, "old\n")
+    sweep._atomic_write_text(path, "new\n")
+    assert path.read_text() == "new\n"
+
+    def broken_fsync(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(sweep.os, "fsync", broken_fsync)
+    with pytest.raises(OSError, match="disk full"):
+        sweep._atomic_write_text(path, "partial")
+    assert path.read_text() == "new\n" and os.listdir(tmp_path) == ["f.txt"]
