@@ -306,3 +306,239 @@ def prox_euler(W, F, h, lam, use_sign, V):
                 ok = False
             V[i, k] = x
     return ok
+
+
+# --------------------------------------------------------------- sparse phase kernels
+# Once rows are sparse (L1 on), a step costs O(work) where "work" is each row's support
+# plus the zeros released this step. The Gram entries G_ij are accumulated only over
+# columns shared by rows i and j (a column index built from the working sets), so pairs
+# of rows with disjoint supports cost nothing. A zero weight feels only the interference
+# of rows j with G_ij > 0 on their own supports, so those columns are the only
+# candidates for release, and each is released exactly when |F| > λ (as in the dense
+# engine, which checks every zero).
+
+
+@numba.njit(**_opts)
+def csc_build(widx, wcnt, colcnt, colstart, colfill, colrows, touched):
+    """Column index of the working sets: col(k) = colrows[colstart[k]:colstart[k]+colcnt[k]].
+
+    colcnt must be all zero on entry (``csc_clear`` restores that). Returns the number
+    of touched columns listed in ``touched``.
+    """
+    n = widx.shape[0]
+    nt = 0
+    for i in range(n):
+        for p in range(wcnt[i]):
+            k = widx[i, p]
+            if colcnt[k] == 0:
+                touched[nt] = k
+                nt += 1
+            colcnt[k] += 1
+    pos = 0
+    for q in range(nt):
+        k = touched[q]
+        colstart[k] = pos
+        colfill[k] = pos
+        pos += colcnt[k]
+    for i in range(n):
+        for p in range(wcnt[i]):
+            k = widx[i, p]
+            colrows[colfill[k]] = i
+            colfill[k] += 1
+    return nt
+
+
+@numba.njit(**_opts)
+def csc_clear(colcnt, touched, nt):
+    """Zero the column counts of the ``nt`` touched columns."""
+    for q in range(nt):
+        colcnt[touched[q]] = 0
+
+
+@numba.njit(**_opts)
+def sparse_force(U, widx, wcnt, colrows, colstart, colcnt, fb, c, lam, release, ws, F,
+                 acc, nbr, inlist, pos, cand, candmark, candlist):
+    """Smooth force on every working entry, F[i, p] for entry ``widx[i, p]``.
+
+    U : (n, m) values (read only on working entries). With ``release``, zero entries
+    outside the working sets whose force exceeds λ are appended to their row's working
+    set with their force in F and sign in ``ws``. Scratch: acc, nbr (n,) float/int,
+    inlist (n,) bool, pos (m,) int (all -1), cand (m,) float (all 0), candmark (m,)
+    bool, candlist (m,) int. Returns the number of released entries.
+    """
+    n = U.shape[0]
+    nrel = 0
+    for i in range(n):
+        wi = wcnt[i]
+        if wi == 0:
+            continue
+        nn = 0
+        gii = 0.0
+        for p in range(wi):
+            k = widx[i, p]
+            pos[k] = p
+            u = U[i, k]
+            if u == 0.0:
+                continue
+            gii += u * u
+            for q in range(colstart[k], colstart[k] + colcnt[k]):
+                j = colrows[q]
+                if j == i:
+                    continue
+                uj = U[j, k]
+                if uj == 0.0:
+                    continue
+                if not inlist[j]:
+                    inlist[j] = True
+                    nbr[nn] = j
+                    nn += 1
+                acc[j] += u * uj
+        g = fb * c * (1.0 - gii)
+        for p in range(wi):
+            F[i, p] = g * U[i, widx[i, p]]
+        ncand = 0
+        for t in range(nn):
+            j = nbr[t]
+            gij = acc[j]
+            acc[j] = 0.0
+            inlist[j] = False
+            if gij <= 0.0:
+                continue
+            cg = c * gij
+            for q in range(wcnt[j]):
+                k2 = widx[j, q]
+                uj = U[j, k2]
+                if uj == 0.0:
+                    continue
+                pp = pos[k2]
+                if pp >= 0:
+                    F[i, pp] -= cg * uj
+                elif release:
+                    if not candmark[k2]:
+                        candmark[k2] = True
+                        candlist[ncand] = k2
+                        ncand += 1
+                    cand[k2] -= cg * uj
+        for p in range(wi):
+            pos[widx[i, p]] = -1
+        for t in range(ncand):
+            k2 = candlist[t]
+            f = cand[k2]
+            cand[k2] = 0.0
+            candmark[k2] = False
+            if abs(f) > lam:
+                p = wcnt[i]
+                widx[i, p] = k2
+                wcnt[i] = p + 1
+                F[i, p] = f
+                ws[i, p] = 1.0 if f > 0.0 else -1.0
+                nrel += 1
+    return nrel
+
+
+@numba.njit(**_opts)
+def sparse_run(W, U, widx, wcnt, ws, Kc, Fc, newv, colrows, colstart, colcnt, colfill, touched,
+               acc, nbr, inlist, pos, cand, candmark, candlist,
+               t0, t1, dt, j0, jmax, a, b, euler, fb, c, lam, stop_nnz, out):
+    """Explicit steps with L1 on, on working sets; same contract as :func:`rows_run`.
+
+    ``widx``/``wcnt`` hold each row's support (nonzero entries) between steps; the
+    step semantics are those of ``forces.reference_step`` (Lie splitting for
+    ``euler``, frozen signs with release for the Runge-Kutta methods).
+    out : (5,) float64 receives (time, step index, status, -1, releases so far).
+    """
+    n = W.shape[0]
+    S = b.shape[0]
+    j = j0
+    t = t0 + j0 * dt if j0 > 0 else t0
+    if t > t1:
+        t = t1
+    status = STATUS_DONE
+    releases = 0
+    while t < t1:
+        t_next = t0 + (j + 1) * dt
+        if t_next >= t1 - 1e-9 * dt:
+            t_next = t1
+        h = t_next - t
+        for i in range(n):
+            for p in range(wcnt[i]):
+                ws[i, p] = 1.0 if W[i, widx[i, p]] > 0.0 else -1.0
+        nt = csc_build(widx, wcnt, colcnt, colstart, colfill, colrows, touched)
+        releases += sparse_force(W, widx, wcnt, colrows, colstart, colcnt, fb, c, lam, True, ws, Fc,
+                                 acc, nbr, inlist, pos, cand, candmark, candlist)
+        csc_clear(colcnt, touched, nt)
+        if euler:
+            thr = h * lam
+            for i in range(n):
+                for p in range(wcnt[i]):
+                    x = W[i, widx[i, p]] + h * Fc[i, p]
+                    r = abs(x) - thr
+                    newv[i, p] = (r if x > 0.0 else -r) if r > 0.0 else 0.0
+        else:
+            for i in range(n):
+                for p in range(wcnt[i]):
+                    Kc[0, i, p] = Fc[i, p] - lam * ws[i, p]
+            nt = csc_build(widx, wcnt, colcnt, colstart, colfill, colrows, touched)
+            for st in range(1, S):
+                for i in range(n):
+                    for p in range(wcnt[i]):
+                        k = widx[i, p]
+                        v = W[i, k]
+                        for jj in range(st):
+                            if a[st, jj] != 0.0:
+                                v += h * a[st, jj] * Kc[jj, i, p]
+                        U[i, k] = v
+                sparse_force(U, widx, wcnt, colrows, colstart, colcnt, fb, c, lam, False, ws, Fc,
+                             acc, nbr, inlist, pos, cand, candmark, candlist)
+                for i in range(n):
+                    for p in range(wcnt[i]):
+                        Kc[st, i, p] = Fc[i, p] - lam * ws[i, p]
+            csc_clear(colcnt, touched, nt)
+            for i in range(n):
+                for p in range(wcnt[i]):
+                    v = W[i, widx[i, p]]
+                    for jj in range(S):
+                        v += h * b[jj] * Kc[jj, i, p]
+                    newv[i, p] = v if v * ws[i, p] > 0.0 else 0.0
+        finite = True
+        for i in range(n):
+            for p in range(wcnt[i]):
+                if not np.isfinite(newv[i, p]):
+                    finite = False
+        if not finite:
+            # drop this step's releases (their W entries are still 0): supports are intact
+            for i in range(n):
+                q = 0
+                for p in range(wcnt[i]):
+                    if W[i, widx[i, p]] != 0.0:
+                        widx[i, q] = widx[i, p]
+                        q += 1
+                wcnt[i] = q
+            status = STATUS_NONFINITE
+            break
+        worst = 0
+        for i in range(n):
+            q = 0
+            for p in range(wcnt[i]):
+                k = widx[i, p]
+                v = newv[i, p]
+                W[i, k] = v
+                if v != 0.0:
+                    widx[i, q] = k
+                    q += 1
+            wcnt[i] = q
+            if q > worst:
+                worst = q
+        j += 1
+        t = t_next
+        if stop_nnz >= 0 and worst <= stop_nnz:
+            status = STATUS_STOP
+            break
+        if t < t1 and j - j0 >= jmax:
+            status = STATUS_BUDGET
+            break
+    out[0] = t
+    out[1] = j
+    out[2] = status
+    out[3] = -1
+    out[4] += releases

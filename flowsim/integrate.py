@@ -99,6 +99,7 @@ def simulate(
     stop=None,
     rtol=1e-8,
     atol=1e-10,
+    sparse_below=0.05,
     progress=False,
 ):
     """Integrate the gradient flow of ``model`` from t = 0 to ``t_max``.
@@ -125,6 +126,10 @@ def simulate(
         Early-stopping rules.
     rtol, atol : float
         Tolerances of the ``solve_ivp`` and ``reduced`` methods.
+    sparse_below : float
+        Explicit methods with interference and L1: switch to the sparse working-set
+        engine once at most this fraction of weights is nonzero (0 keeps the dense
+        engine throughout; both compute the same steps).
     progress : bool
         Show a progress bar on stderr.
 
@@ -169,6 +174,8 @@ def simulate(
         return dataclasses.replace(traj, model=model) if reduced_model is not model else traj
     run = _run_explicit if method in EXPLICIT_METHODS else _run_ivp
     options = dict(rtol=rtol, atol=atol) if method in IVP_METHODS else {}
+    if method in EXPLICIT_METHODS and model.interference and model.n > 1:
+        options["sparse_below"] = check_float("sparse_below", sparse_below, minimum=0.0)
     if stop is not None:
         options["stop"] = dataclasses.asdict(stop)
     return run(model, W, times, method, dt, stop, snapshots, progress, options)
@@ -275,20 +282,24 @@ def _progress_bar(enabled, t_max, method):
                 bar_format="{l_bar}{bar}| t={n:.4g}/{total:.4g} [{elapsed}<{remaining}]")
 
 
-def _compile_seconds(before):
-    """Seconds numba spent compiling flowsim kernels since ``before`` (see _kernel_compile_time)."""
-    return max(_kernel_compile_time() - before, 0.0)
+def _warm_up(engine_type, model, method):
+    """Compile (or load from numba's cache) an engine's kernels on a 2×2 problem.
 
-
-def _kernel_compile_time():
-    total = 0.0
-    for name in dir(K):
-        f = getattr(K, name)
-        if hasattr(f, "overloads"):
-            for cres in f.overloads.values():
-                md = getattr(cres, "metadata", None) or {}
-                total += md.get("timers", {}).get("compiler_lock", 0.0)
-    return total
+    Returns the seconds it took, reported as compile time, so that run times are warm.
+    """
+    tick = time.perf_counter()
+    tiny = model.replace(n=2, m=2, init_std=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        W = tiny.initial_weights()
+        if engine_type is _DenseEngine:  # dense phase, then the sparse hand-over
+            engines = [_DenseEngine(W.copy(), tiny, method), _DenseEngine(W, tiny, method, 1.0)]
+        else:
+            engines = [engine_type(W, tiny, method)]
+        out = np.zeros(5)
+        for engine in engines:
+            engine.run(0.0, 1e-3, 1e-3, 0, 1, -1, out)
+    return time.perf_counter() - tick
 
 
 def _divergence(model, method, dt, t, step, recorder, W, options, wall, comp):
@@ -339,10 +350,16 @@ class _RowsEngine:
 
 
 class _DenseEngine:
-    """Rows with interference: BLAS products on the columns that still hold a nonzero."""
+    """Rows with interference: BLAS products on the columns that still hold a nonzero.
 
-    def __init__(self, W, model, method):
+    With L1 on, hands over to :class:`_SparseEngine` once the fraction of nonzero
+    weights falls to ``sparse_below`` (and keeps it from then on).
+    """
+
+    def __init__(self, W, model, method, sparse_below=0.0):
         self.model = model
+        self.sparse_below = sparse_below if model.l1 else 0.0
+        self.sparse = None
         self.W = W
         self.method = method
         self.a, self.b = TABLEAUX[method]
@@ -394,6 +411,12 @@ class _DenseEngine:
         return K.finish_step(Wc, Ks, h * self.b, s, self.use_sign, self.V)
 
     def run(self, t0, t1, dt, j0, jmax, stop_nnz, out):
+        if self.sparse is None and self.sparse_below > 0:
+            if np.count_nonzero(self.W) <= self.sparse_below * self.W.size:
+                self.sparse = _SparseEngine(self.W, self.model, self.method)
+                self.sparse.sync()
+        if self.sparse is not None:
+            return self.sparse.run(t0, t1, dt, j0, jmax, stop_nnz, out)
         live = np.flatnonzero(np.any(self.W != 0.0, axis=0))
         full = live.size == self.W.shape[1]
         Wc = self.W if full else np.ascontiguousarray(self.W[:, live])
@@ -436,10 +459,47 @@ class _DenseEngine:
         return row_stats(self.W, self.model)
 
 
+class _SparseEngine:
+    """Rows with interference and L1 once sparse: O(working set) numba steps."""
+
+    def __init__(self, W, model, method):
+        n, m = W.shape
+        self.model, self.W = model, W
+        self.a, self.b = TABLEAUX[method]
+        self.euler = method == "euler"
+        self.U = np.zeros_like(W)
+        self.widx = np.empty((n, m), dtype=np.int64)
+        self.wcnt = np.empty(n, dtype=np.int64)
+        self.ws, self.Fc, self.newv = np.empty((n, m)), np.empty((n, m)), np.empty((n, m))
+        self.Kc = np.empty((len(self.b), n, m))
+        self.colrows = np.empty(n * m, dtype=np.int64)
+        self.colstart, self.colfill, self.touched = (np.empty(m, dtype=np.int64) for _ in range(3))
+        self.colcnt = np.zeros(m, dtype=np.int64)
+        self.acc, self.nbr, self.inlist = np.zeros(n), np.empty(n, dtype=np.int64), np.zeros(n, dtype=bool)
+        self.pos = np.full(m, -1, dtype=np.int64)
+        self.cand, self.candmark, self.candlist = np.zeros(m), np.zeros(m, dtype=bool), np.empty(m, dtype=np.int64)
+        self.fb = 1.0 if model.feature_benefit else 0.0
+
+    def sync(self):
+        """Rebuild the supports from W (after dense steps changed it)."""
+        n = self.W.shape[0]
+        K.rows_init(self.W, self.widx, self.wcnt, np.empty(n), np.empty(n))
+
+    def run(self, t0, t1, dt, j0, jmax, stop_nnz, out):
+        K.sparse_run(self.W, self.U, self.widx, self.wcnt, self.ws, self.Kc, self.Fc, self.newv,
+                     self.colrows, self.colstart, self.colcnt, self.colfill, self.touched,
+                     self.acc, self.nbr, self.inlist, self.pos, self.cand, self.candmark, self.candlist,
+                     t0, t1, dt, j0, jmax, self.a, self.b, self.euler, self.fb, self.model.c,
+                     self.model.l1_strength, stop_nnz, out)
+
+
 def _run_explicit(model, W, times, method, dt, stop, snapshots, progress, options):
-    engine = (_RowsEngine if (not model.interference or model.n == 1) else _DenseEngine)(W, model, method)
+    if not model.interference or model.n == 1:
+        engine = _RowsEngine(W, model, method)
+    else:
+        engine = _DenseEngine(W, model, method, options.get("sparse_below", 0.0))
     rec = _Recorder(model, snapshots)
-    comp0 = _kernel_compile_time()
+    comp = _warm_up(type(engine), model, method)
     wall0 = time.perf_counter()
     rec.save(0.0, engine.stats(), engine.W)
     stop_nnz = -1 if stop is None or stop.max_nnz is None else stop.max_nnz
@@ -472,8 +532,7 @@ def _run_explicit(model, W, times, method, dt, stop, snapshots, progress, option
                         bar.update(t - bar.n)
                     if code == K.STATUS_NONFINITE:
                         wall = time.perf_counter() - wall0
-                        comp = _compile_seconds(comp0)
-                        raise _divergence(model, method, dt, t, steps, rec, engine.W, options, wall - comp, comp)
+                        raise _divergence(model, method, dt, t, steps, rec, engine.W, options, wall, comp)
                     if code == K.STATUS_STOP:
                         status = "sparse"
                         break
@@ -496,10 +555,9 @@ def _run_explicit(model, W, times, method, dt, stop, snapshots, progress, option
     if not rec.t or rec.t[-1] != t:
         rec.save(t, engine.stats(), engine.W)
     wall = time.perf_counter() - wall0
-    comp = _compile_seconds(comp0)
     if status == "interrupted":
         warnings.warn(f"interrupted at t={t:.6g}; returning the trajectory up to there", FlowsimWarning, stacklevel=3)
-    stats = RunStats(status, t, steps, steps * engine.stages, wall - comp, comp,
+    stats = RunStats(status, t, steps, steps * engine.stages, wall, comp,
                      {"completed": "reached t_max", "sparse": f"every row has <= {stop_nnz} nonzeros",
                       "converged": "supports fixed and weights still over the window",
                       "interrupted": "stopped by Ctrl-C"}[status])
@@ -527,8 +585,8 @@ def _run_ivp(model, W, times, method, dt, stop, snapshots, progress, options):
     stop_nnz = None if stop is None else stop.max_nnz
     bar = _progress_bar(progress, t_max, method)
     interrupt = _Interrupt()
+    comp = _warm_up(_DenseEngine, model.replace(l1=True), "rk4")
     wall0 = time.perf_counter()
-    comp0 = _kernel_compile_time()
     last_t = [0.0, time.perf_counter()]
     stuck = np.zeros(W.shape, dtype=bool)
 
@@ -612,8 +670,7 @@ def _run_ivp(model, W, times, method, dt, stop, snapshots, progress, options):
         raise _divergence(model, method, None, t, steps, rec, W, options, time.perf_counter() - wall0, 0.0)
     if rec.t[-1] != t:
         rec.save(t, row_stats(W, model), W)
-    comp = _compile_seconds(comp0)
     options = dict(options, restarts=restarts)
-    stats = RunStats(status, t, steps, nfev, time.perf_counter() - wall0 - comp, comp,
+    stats = RunStats(status, t, steps, nfev, time.perf_counter() - wall0, comp,
                      f"solve_ivp {method}, {restarts} zero-crossing restarts")
     return rec.trajectory(method, dt, W, stats, options)

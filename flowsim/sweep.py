@@ -519,10 +519,17 @@ def _drive(fn, todo, store, backend, retries, progress, total, initial, done, fa
     bar = tqdm(total=total, initial=initial, disable=not progress, file=sys.stderr,
                unit="run", desc="sweep", dynamic_ncols=True)
 
-    def submit(spec):
+    def submit(source):
+        """Submit the next run of ``source``; False if the pool is already broken."""
+        spec = source[0]
+        try:
+            future = backend.executor.submit(_run_one, fn, spec.params, starts[spec.key] + 1)
+        except cf.BrokenExecutor:
+            return False
+        source.popleft()
         starts[spec.key] += 1
-        future = backend.executor.submit(_run_one, fn, spec.params, starts[spec.key])
         in_flight[future] = spec
+        return True
 
     def finish(spec, message=None):
         if message is not None:
@@ -562,18 +569,21 @@ def _drive(fn, todo, store, backend, retries, progress, total, initial, done, fa
 
     try:
         while queue or quarantine or in_flight:
+            healthy = True
             if quarantine:
                 if not in_flight:
-                    submit(quarantine.popleft())
+                    healthy = submit(quarantine)
             else:
-                while queue and (backend.window is None or len(in_flight) < backend.window):
-                    submit(queue.popleft())
-            finished, _ = cf.wait(in_flight, return_when=cf.FIRST_COMPLETED)
+                while healthy and queue and (backend.window is None
+                                             or len(in_flight) < backend.window):
+                    healthy = submit(queue)
             crashed = []
-            for future in sorted(finished, key=lambda f: index[in_flight[f].key]):
-                collect(future, in_flight.pop(future), crashed)
-            if not crashed:
-                continue
+            if healthy:
+                finished, _ = cf.wait(in_flight, return_when=cf.FIRST_COMPLETED)
+                for future in sorted(finished, key=lambda f: index[in_flight[f].key]):
+                    collect(future, in_flight.pop(future), crashed)
+                if not crashed:
+                    continue
             # A worker died: the pool is broken and every run in flight ends with it.
             rest, _ = cf.wait(in_flight)
             for future in sorted(rest, key=lambda f: index[in_flight[f].key]):

@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import sys
 import time
+from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 
@@ -210,6 +211,62 @@ def test_dead_worker_loses_only_its_own_run(tmp_path, log_dir):
     # a run in flight beside the crash is rerun at most once, and never charged for it
     assert all(1 <= calls[k] <= 2 for k in ref.results)
     assert load_store(tmp_path / "s")["m3_s1"]["attempts"] == 2
+
+
+class ScriptedPool(cf.Executor):
+    """In-process stand-in for a process pool whose worker dies on cue.
+
+    The i-th submit follows ``script[i]`` (then "ok"): "ok" runs the call; "pending"
+    leaves the future unfinished; "dies_all" breaks the pool under this call and every
+    pending one; "broken" breaks the pending ones and raises at submission, as a real
+    pool does once its manager thread has seen a dead worker.
+    """
+
+    def __init__(self, script):
+        self.script = list(script)
+        self.pending = []
+
+    def _break_pending(self):
+        for f in self.pending:
+            f.set_exception(BrokenProcessPool("a worker died"))
+        self.pending = []
+
+    def submit(self, fn, /, *args):
+        step = self.script.pop(0) if self.script else "ok"
+        if step == "broken":
+            self._break_pending()
+            raise BrokenProcessPool("the pool is not usable anymore")
+        future = cf.Future()
+        self.pending.append(future)
+        if step == "dies_all":
+            self._break_pending()
+        elif step == "ok":
+            self.pending.remove(future)
+            future.set_result(fn(*args))
+        return future
+
+
+@pytest.mark.parametrize("script, retries, attempts, failed", [
+    # one run in flight when the pool breaks: it is the culprit and is charged
+    (["ok", "pending", "broken"], 1, {"m3_s1": 2}, []),
+    (["ok", "pending", "broken"], 0, {}, ["m3_s1"]),
+    # two in flight: neither is charged; both rerun alone in a fresh pool
+    (["pending", "dies_all"], 0, {"m3_s0": 2, "m3_s1": 2}, []),
+])
+def test_crash_is_charged_only_to_the_run_that_caused_it(tmp_path, monkeypatch, script,
+                                                         retries, attempts, failed):
+    pools = iter([ScriptedPool(script), ScriptedPool([])])
+    monkeypatch.setattr(sweep._LocalBackend, "_new_pool", lambda self: next(pools))
+    specs = specs_for(ms=(3,), seeds=(0, 1, 2, 3))
+    res = run_sweep(helpers.toy, specs, tmp_path / "s", executor="local", workers=2,
+                    retries=retries, progress=False)
+    assert list(res.failed) == failed
+    if failed:
+        assert res.failed[failed[0]].startswith("BrokenProcessPool: the worker process")
+    assert list(res.results) == [s.key for s in specs if s.key not in failed]
+    stored = {k: r["attempts"] for k, r in load_store(tmp_path / "s").items()}
+    assert stored == {k: attempts.get(k, 1) for k in res.results}
+    assert next(pools, None) is None                       # the pool was rebuilt once
 
 
 # ---------------------------------------------------------------- validation

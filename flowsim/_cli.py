@@ -1,0 +1,41 @@
+"""Shared plumbing of the experiment commands: argument errors, exit codes, summaries."""
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import warnings
+
+from .errors import FlowsimInputError, FlowsimWarning
+
+EXIT_OK, EXIT_DIVERGED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage block) and exit status 2."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def fail(prog, err, code=EXIT_USAGE):
+    """Print ``err`` as one line on stderr and exit with ``code``."""
+    sys.stderr.write(f"{prog}: error: {str(err).splitlines()[0]}\n")
+    raise SystemExit(code)
+
+
+def run_main(prog, main, argv):
+    """Run ``main(argv)``; bad input exits 2 with one line, never a traceback."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", FlowsimWarning)
+        warnings.formatwarning = lambda msg, cat, *a, **k: f"{prog}: warning: {msg}\n"
+        try:
+            return main(argv)
+        except FlowsimInputError as err:
+            fail(prog, err)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (Linux ru_maxrss is KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
