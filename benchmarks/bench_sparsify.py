@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
+import importlib
 import math
 import os
 import sys
@@ -43,7 +45,7 @@ from flowsim import Model, Stop, simulate  # noqa: E402
 from flowsim.integrate import default_save_times  # noqa: E402
 
 from bench_steppers import (  # noqa: E402  (shared benchmark helpers)
-    best_of, compile_times, fmt, machine_info, print_table, write_json_atomic)
+    COMPILE_HEADER, compile_rows, compile_times, fmt, interleaved, machine_info, print_table, write_json_atomic)
 
 #: t_cap bounds every run (all of them stop earlier, at m′ = 1); saves are 200 log-spaced
 #: times up to t_cap on the dt grid (``flowsim.integrate.default_save_times``).
@@ -68,13 +70,14 @@ def paper_baseline(w0, lam, dt, record_steps, max_steps):
     -------
     dict
         ``steps`` taken, ``t_end`` = steps·dt (the time m′ reached 1 if ``reached``),
-        ``reached``, ``l1_final``, and the recorded ``record_step``, ``nnz``, ``l1``.
+        ``reached``, ``l1_final``, ``active_updates`` (Σ over steps of m′), and the
+        recorded ``record_step``, ``nnz``, ``l1``.
     """
     w = np.sort(np.abs(w0))
     rec_k, rec_n, rec_l1 = [], [], []
     targets = iter(np.unique(record_steps).tolist() + [-1])
     nxt = next(targets)
-    step = 0
+    step = active = 0
     while True:
         if step == nxt:
             rec_k.append(step)
@@ -83,10 +86,12 @@ def paper_baseline(w0, lam, dt, record_steps, max_steps):
             nxt = next(targets)
         if w.size <= 1 or step >= max_steps:
             break
+        active += w.size
         w = w + dt * ((1.0 - (w * w).sum()) * w - lam)
         w = w[w > 0]
         step += 1
     return dict(steps=step, t_end=step * dt, reached=bool(w.size <= 1), l1_final=float(w.sum()),
+                active_updates=active,
                 nnz_final=int(w.size), record_step=rec_k, nnz=rec_n, l1=rec_l1)
 
 
@@ -158,7 +163,7 @@ def main(argv=None):
              ["rows-rk4", small, 50.0, dict(method="rk4", dt=0.5, stop_max_nnz=1)]]
     data["compile"] = {"rows_engine": compile_times(calls)}
     try:
-        import flowsim.reduced  # noqa: F401
+        importlib.import_module("flowsim.reduced")
         have_reduced = True
     except ImportError as exc:
         have_reduced = False
@@ -167,27 +172,33 @@ def main(argv=None):
         data["compile"]["reduced"] = compile_times(
             [["reduced", small, 50.0, dict(method="reduced", stop_max_nnz=1)]])
 
-    # ---- baseline
+    # ---- timed runs, interleaved round by round: baseline, euler and rk4 at dt, reduced
     steps_grid = np.round(grid / dt).astype(np.int64)
     max_steps = int(round(t_cap / dt))
-    b_best, b_all, base = best_of(lambda: paper_baseline(W0[0], lam, dt, steps_grid, max_steps), R)
+    fns = {"baseline": lambda: paper_baseline(W0[0], lam, dt, steps_grid, max_steps)}
+    for method in ("euler", "rk4"):
+        fns[method] = functools.partial(simulate, model, t_cap, method=method, dt=dt, save_at=grid, stop=stop)
+    if have_reduced:
+        fns["reduced"] = functools.partial(simulate, model, t_cap, method="reduced", save_at=fine_grid, stop=stop)
+    for name, fn in fns.items():
+        if name != "baseline":
+            fn()  # warm-up (kernels loaded from numba's cache or compiled)
+    timed = interleaved(fns, R)
+
+    b_best, b_all, base = timed["baseline"]
     base.update(seconds=b_best, all_seconds=b_all, time_to_nnz1=base["t_end"] if base["reached"] else None)
     base_t = np.array(base["record_step"]) * dt
     data["baseline"] = base
-
-    # ---- flowsim euler / rk4 at dt = 0.5
     runs = {}
     for method in ("euler", "rk4"):
-        run = lambda: simulate(model, t_cap, method=method, dt=dt, save_at=grid, stop=stop)  # noqa: E731
-        run()  # warm-up (kernels loaded or compiled)
-        best, alls, traj = best_of(run, R)
+        best, alls, traj = timed[method]
         rec = _summary(traj, best, alls)
         rec["speedup_vs_baseline"] = b_best / best
         rec["nnz_vs_baseline"] = compare(traj.t, traj.nnz[:, 0], base_t, base["nnz"], grid)
         rec["l1_vs_baseline_rel"] = compare(traj.t, traj.l1[:, 0], base_t, base["l1"], grid, relative=True)
         runs[f"{method}_dt{dt:g}"] = rec
 
-    # ---- reduced and the fine explicit runs on a common grid
+    # ---- the fine explicit runs (once each) and the reduced solver on a common grid
     fine_t_max = t_cap if args.fine_t_max is None else args.fine_t_max
     fine_grid_run = fine_grid[fine_grid <= fine_t_max]
     data["fine_capped"] = args.fine_t_max is not None
@@ -199,9 +210,7 @@ def main(argv=None):
         fine[method] = _summary(traj, time.perf_counter() - t0, None)
         runs[f"{method}_dt{fine_dt:g}"] = fine[method]
     if have_reduced:
-        red_run = lambda: simulate(model, t_cap, method="reduced", save_at=fine_grid, stop=stop)  # noqa: E731
-        red_run()  # warm-up
-        r_best, r_all, red = best_of(red_run, R)
+        r_best, r_all, red = timed["reduced"]
         rec = _summary(red, r_best, r_all)
         rec["speedup_vs_baseline"] = b_best / r_best
         for method in ("rk4", "euler"):
@@ -209,7 +218,7 @@ def main(argv=None):
             rec[f"l1_vs_{method}_dt{fine_dt:g}_rel"] = compare(f["t"], f["l1"], red.t, red.l1[:, 0],
                                                                fine_grid, relative=True)
             rec[f"nnz_vs_{method}_dt{fine_dt:g}"] = compare(f["t"], f["nnz"], red.t, red.nnz[:, 0], fine_grid)
-        # how far the dt = 0.5 runs (baseline and flowsim euler) are from the exact solution
+        # how far the dt = 0.5 baseline is from the exact solution
         red_coarse = simulate(model, t_cap, method="reduced", save_at=grid, stop=stop)
         rec["coarse_grid_saves"] = dict(t=red_coarse.t, nnz=red_coarse.nnz[:, 0], l1=red_coarse.l1[:, 0])
         rec["baseline_l1_vs_reduced_rel"] = compare(base_t, base["l1"], red_coarse.t, red_coarse.l1[:, 0],
@@ -243,34 +252,31 @@ def report(data):
                      f"{r['l1_final']:.9f}", fmt(r["seconds"]), f"{sp:.1f}x" if sp else "-", dm])
     print_table(["run", "dt", "steps", "t(m'=1)", "final |W|_1", "wall s", "speedup",
                  "max|dm'| vs base (times differing/common)"], rows)
+    e = data["runs"].get(f"euler_dt{cfg['dt']:g}")
+    if e:
+        print(f"sum of m' over the baseline's steps = {base['active_updates']:.4g} active updates: "
+              f"{1e9 * base['seconds'] / base['active_updates']:.2f} ns each in the baseline, "
+              f"{1e9 * e['seconds'] / base['active_updates']:.2f} ns in flowsim euler (same trajectory)")
     if data.get("fine_capped"):
         print(f"NOTE: dt={cfg['fine_dt']:g} runs were capped at t={data['fine_t_max']:g}")
     red = data["runs"].get("reduced")
     if red is None:
         print(f"\nreduced solver unavailable: {data.get('reduced_unavailable')}")
     else:
-        print(f"\nagreement in |W|_1 on a common grid (relative difference, max over save times)")
+        print("\nagreement in |W|_1 on a common grid (relative difference, max over save times)")
         rows = []
         for key in [k for k in red if k.startswith("l1_vs_")] + ["baseline_l1_vs_reduced_rel"]:
             c = red[key]
             label = key.replace("_rel", "").replace("l1_vs_", "reduced vs ") if key.startswith("l1_vs_") \
                 else "paper baseline dt=0.5 vs reduced"
             rows.append([label, c["common_times"], fmt(c["max_diff"]), fmt(c["at_time"], 7)])
-        e = red.get("nnz_vs_euler_dt0.01") or {}
         print_table(["pair", "common times", "max rel diff", "at t"], rows)
         for key in [k for k in red if k.startswith("nnz_vs_")] + ["baseline_nnz_vs_reduced"]:
             c = red[key]
             print(f"  m' {key}: max |dm'| = {fmt(c['max_diff'])} at t={fmt(c['at_time'], 7)}, "
                   f"differ at {c['differing_times']}/{c['common_times']} times")
     print("\nnumba compile time (fresh subprocess, empty NUMBA_CACHE_DIR, minus warm-cache first call)")
-    rows = []
-    for eng, c in data["compile"].items():
-        for label, x in c["calls"].items():
-            rows.append([label, fmt(x["cold_first_call_seconds"]), fmt(x["warm_cache_first_call_seconds"]),
-                         fmt(x["compile_seconds"]), fmt(x["flowsim_compile_timer_seconds"]),
-                         fmt(x["in_process_warm_seconds"])])
-    print_table(["engine-method", "cold 1st call s", "warm-cache 1st s", "compile s",
-                 "numba timer s", "in-process warm s"], rows)
+    print_table(COMPILE_HEADER, compile_rows(data["compile"]))
 
 
 if __name__ == "__main__":

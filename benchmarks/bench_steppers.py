@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import math
 import os
@@ -61,6 +62,8 @@ def machine_info():
                 processor=platform.processor() or None, python=platform.python_version(),
                 cpu_count=os.cpu_count(), numpy=np.__version__, numba=numba.__version__,
                 scipy=scipy.__version__, flowsim=flowsim.__version__)
+    info["thread_env"] = {k: os.environ.get(k) for k in
+                          ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")}
     if hasattr(os, "getloadavg"):
         info["load_average_1_5_15min"] = list(os.getloadavg())
     try:
@@ -107,12 +110,30 @@ def _json_default(obj):
 
 def best_of(fn, repeats):
     """Run ``fn()`` ``repeats`` times; return (best seconds, all seconds, last result)."""
-    times, result = [], None
+    return interleaved({"fn": fn}, repeats)["fn"]
+
+
+def interleaved(fns, repeats):
+    """Time several callables in turn, round after round, so that a change in machine
+    load during the benchmark hits all of them alike.
+
+    Parameters
+    ----------
+    fns : dict of str -> callable
+    repeats : int
+
+    Returns
+    -------
+    dict of str -> (best seconds, all seconds, last result)
+    """
+    times = {k: [] for k in fns}
+    results = {}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), times, result
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            results[k] = fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: (min(times[k]), times[k], results[k]) for k in fns}
 
 
 _CHILD = r"""
@@ -172,8 +193,9 @@ def compile_times(calls):
             "warm_cache_first_call_seconds": warm["first_call_seconds"],
             "in_process_warm_seconds": warm["second_call_seconds"],
             "compile_seconds": max(cold["first_call_seconds"] - warm["first_call_seconds"], 0.0),
-            "flowsim_compile_timer_seconds": cold["flowsim_compile_seconds"],
+            "flowsim_reported_compile_seconds": cold["flowsim_compile_seconds"],
         }
+    result["total_compile_seconds"] = sum(c["compile_seconds"] for c in result["calls"].values())
     return result
 
 
@@ -255,22 +277,22 @@ def bench_dense(cfg, repeats):
     out = {"n": n, "m": m, "lam": lam, "dt": dt, "t_max": t_max, "steps": steps,
            "all_forces_on": True, "methods": {}}
     for method in METHODS:
-        simulate(model, t_max, method=method, dt=dt, W0=W0, save_at=[])  # warm-up
-        fs_best, fs_all, traj = best_of(
-            lambda: simulate(model, t_max, method=method, dt=dt, W0=W0, save_at=[]), repeats)
+        fns = {"flowsim": lambda: simulate(model, t_max, method=method, dt=dt, W0=W0, save_at=[])}
+        fns["flowsim"]()  # warm-up
+        if method == "euler":
+            fns["numpy_prox_euler"] = lambda: numpy_prox_euler(W0, lam, dt, steps)
+        fns["reference_step"] = lambda: reference_steps(W0, model, dt, steps, method)
+        res = interleaved(fns, repeats)
+        fs_best, fs_all, traj = res.pop("flowsim")
         assert traj.stats.steps == steps, traj.stats
         rec = {"flowsim_seconds": fs_best, "flowsim_all_seconds": fs_all,
                "flowsim_wall_seconds_stat": traj.stats.wall_seconds,
                "flowsim_compile_seconds_in_process": traj.stats.compile_seconds,
                "flowsim_coord_updates_per_s": coords / fs_best,
                "final_nnz": int(np.count_nonzero(traj.W)),
-               "final_live_columns": int(np.count_nonzero(np.any(traj.W != 0, axis=0)))}
-        baselines = [("reference_step", lambda: reference_steps(W0, model, dt, steps, method))]
-        if method == "euler":
-            baselines.insert(0, ("numpy_prox_euler", lambda: numpy_prox_euler(W0, lam, dt, steps)))
-        rec["baselines"] = {}
-        for name, fn in baselines:
-            b_best, b_all, Wb = best_of(fn, repeats)
+               "final_live_columns": int(np.count_nonzero(np.any(traj.W != 0, axis=0))),
+               "baselines": {}}
+        for name, (b_best, b_all, Wb) in res.items():
             rec["baselines"][name] = {
                 "seconds": b_best, "all_seconds": b_all, "coord_updates_per_s": coords / b_best,
                 "speedup": b_best / fs_best,
@@ -294,7 +316,12 @@ def bench_row(cfg, repeats):
             Wa[0, : w_start.size] = w_start
         T = tb - ta
         coords = m * steps
-        b_best, b_all, (w_end, b_active) = best_of(lambda: numpy_row_euler(w_start, lam, dt, steps), repeats)
+        fns = {"numpy_euler": lambda: numpy_row_euler(w_start, lam, dt, steps)}
+        for method in METHODS:
+            fns[method] = functools.partial(simulate, model, T, method=method, dt=dt, W0=Wa, save_at=[])
+            fns[method]()  # warm-up
+        res = interleaved(fns, repeats)
+        b_best, b_all, (w_end, b_active) = res["numpy_euler"]
         rec = {"t_start": ta, "t_end": tb, "steps": steps, "nnz_start": int(w_start.size),
                "baseline_numpy_euler": {
                    "seconds": b_best, "all_seconds": b_all, "nnz_end": int(w_end.size),
@@ -303,9 +330,7 @@ def bench_row(cfg, repeats):
                "methods": {}}
         per_step = np.arange(steps + 1) * dt
         for method in METHODS:
-            run = lambda: simulate(model, T, method=method, dt=dt, W0=Wa, save_at=[])  # noqa: E731
-            run()  # warm-up
-            fs_best, fs_all, traj = best_of(run, repeats)
+            fs_best, fs_all, traj = res[method]
             assert traj.stats.steps == steps, traj.stats
             # untimed run saving at every step: nonzeros at each step start
             nnz = simulate(model, T, method=method, dt=dt, W0=Wa, save_at=per_step).nnz[:, 0]
@@ -354,6 +379,22 @@ def main(argv=None):
     print(f"\nwrote {args.json} ({data['total_seconds']:.1f} s)")
 
 
+def compile_rows(compile_data):
+    """Table rows of the compile-time section (one per call, one total per engine)."""
+    rows = []
+    for eng, c in compile_data.items():
+        for label, x in c["calls"].items():
+            rows.append([label, fmt(x["cold_first_call_seconds"]), fmt(x["warm_cache_first_call_seconds"]),
+                         fmt(x["compile_seconds"]), fmt(x["flowsim_reported_compile_seconds"]),
+                         fmt(x["in_process_warm_seconds"])])
+        rows.append([f"{eng} total", "", "", fmt(c["total_compile_seconds"]), "", ""])
+    return rows
+
+
+COMPILE_HEADER = ["engine-method", "cold 1st call s", "warm-cache 1st s", "compile s",
+                  "RunStats.compile s", "in-process warm s"]
+
+
 def report(data):
     mach = data["machine"]
     print(f"flowsim {data['flowsim_version']} | {mach.get('cpu_model')} x{mach['cpu_count']} | "
@@ -386,15 +427,7 @@ def report(data):
     print_table(["interval", "stepper", "steps", "seconds", "M upd/s (n*m)", "M active upd/s",
                  "speedup"], rows)
     print("\nnumba compile time (fresh subprocess, empty NUMBA_CACHE_DIR, minus warm-cache first call)")
-    rows = []
-    for eng, c in data["compile"].items():
-        for label, x in c["calls"].items():
-            rows.append([label, fmt(x["cold_first_call_seconds"]), fmt(x["warm_cache_first_call_seconds"]),
-                         fmt(x["compile_seconds"]), fmt(x["flowsim_compile_timer_seconds"]),
-                         fmt(x["in_process_warm_seconds"])])
-    print_table(["engine-method", "cold 1st call s", "warm-cache 1st s", "compile s",
-                 "numba timer s", "in-process warm s"], rows)
-
+    print_table(COMPILE_HEADER, compile_rows(data["compile"]))
 
 if __name__ == "__main__":
     main()

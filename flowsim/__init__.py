@@ -1,4 +1,16 @@
-"""flowsim: simulate the training dynamics behind incidental polysemanticity."""
+"""flowsim: simulate the training dynamics behind incidental polysemanticity.
+
+Public API (everything else is internal)::
+
+    Model, simulate, Stop, Trajectory, RunStats, METHODS   the engine
+    force, row_stats                                       kernels' Python faces
+    flowsim.forces      NumPy reference of every force and stepper
+    flowsim.theory      the paper's predictions
+    flowsim.metrics     polysemanticity metrics
+    flowsim.sweep       sweeps on any concurrent.futures executor (local, Dask)
+    flowsim.io          atomic saving of results with their metadata
+    flowsim.plotting    the paper's figures as functions returning Figures
+"""
 from ._version import __version__
 from .errors import DivergenceError, FlowsimInputError, FlowsimWarning
 from .integrate import METHODS, Stop, force, simulate
@@ -13,9 +25,9 @@ __all__ = [
     "METHODS",
     "Model",
     "RunStats",
-    "Trajectory",
-    "row_stats",
-    "force",
-    "simulate",
     "Stop",
+    "Trajectory",
+    "force",
+    "row_stats",
+    "simulate",
 ]

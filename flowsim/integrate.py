@@ -99,7 +99,7 @@ def simulate(
     stop=None,
     rtol=1e-8,
     atol=1e-10,
-    sparse_below=0.05,
+    sparse_below=0.15,
     progress=False,
 ):
     """Integrate the gradient flow of ``model`` from t = 0 to ``t_max``.
@@ -129,7 +129,9 @@ def simulate(
     sparse_below : float
         Explicit methods with interference and L1: switch to the sparse working-set
         engine once at most this fraction of weights is nonzero (0 keeps the dense
-        engine throughout; both compute the same steps).
+        engine throughout; both compute the same steps). The sparse engine's cost
+        relative to the dense one scales like the density squared; 0.15 is the
+        measured crossover at n = 256, m = 2048.
     progress : bool
         Show a progress bar on stderr.
 
@@ -170,6 +172,7 @@ def simulate(
         traj = solve_reduced(
             reduced_model, W, times, rtol=rtol, atol=atol,
             max_nnz=None if stop is None else stop.max_nnz, snapshots=snapshots,
+            progress=_reduced_progress(progress, t_max),
         )
         return dataclasses.replace(traj, model=model) if reduced_model is not model else traj
     run = _run_explicit if method in EXPLICIT_METHODS else _run_ivp
@@ -203,6 +206,19 @@ def force(W, model):
     if model.l1:
         K.add_sign_force(W, model.lam, F)
     return F
+
+
+def _reduced_progress(enabled, t_max):
+    bar = _progress_bar(enabled, t_max, "reduced")
+    if bar is None:
+        return None
+
+    def update(t):
+        bar.update(min(t, t_max) - bar.n)
+        if t >= t_max:
+            bar.close()
+
+    return update
 
 
 def _save_times(save_at, t_max, dt):

@@ -97,6 +97,70 @@ def figure6(traj, W0_row):
     return fig
 
 
+def figure3(table, rows, n):
+    """Figure 3: polysemantic neurons against m (log–log), mean ± std over seeds.
+
+    Parameters
+    ----------
+    table : list of dict
+        Per-m rows with ``m``, ``mean``, ``std`` (see ``polysemantic.per_m_table``).
+    rows : list of dict
+        One row per run with ``m`` and ``polysemantic``.
+    n : int
+        Number of features.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    fig = Figure(figsize=(7, 5), layout="constrained")
+    ax = fig.subplots()
+    m = np.array([r["m"] for r in table], dtype=float)
+    mean = np.array([r["mean"] for r in table])
+    std = np.array([r["std"] for r in table])
+    rm = np.array([r["m"] for r in rows], dtype=float)
+    ry = np.array([r["polysemantic"] for r in rows], dtype=float)
+    jitter = np.exp(np.random.default_rng(0).uniform(-0.03, 0.03, rm.size))
+    ax.scatter(rm * jitter, np.where(ry > 0, ry, np.nan), s=6, color="C0", alpha=0.25, label="single runs")
+    ax.errorbar(m, mean, yerr=std, fmt="o", color="C0", capsize=3, label="mean ± std over seeds")
+    mm = np.unique(np.round(np.geomspace(m.min(), m.max(), 100)))
+    ax.plot(mm, theory.polysemantic_expected(n, mm), color="C3", ls="--", label=r"$n^2/(4m)$")
+    ax.plot(mm, theory.collisions_expected(n, mm), color="C2", ls=":", label=r"initial collisions $n(n-1)/(2m)$")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("hidden neurons m")
+    ax.set_ylabel("polysemantic neurons")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"n = {n}, {len(rows)} runs", fontsize=10)
+    return fig
+
+
+def figure3_collisions(rows):
+    """Initial benign collisions against final polysemantic neurons, one point per run.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    fig = Figure(figsize=(6, 5), layout="constrained")
+    ax = fig.subplots()
+    x = np.array([r["benign"] for r in rows], dtype=float)
+    y = np.array([r["polysemantic"] for r in rows], dtype=float)
+    m = np.array([r["m"] for r in rows], dtype=float)
+    rng = np.random.default_rng(1)
+    sc = ax.scatter(x + rng.uniform(-0.2, 0.2, x.size), y + rng.uniform(-0.2, 0.2, y.size), c=np.log2(m),
+                    s=10, cmap="viridis", alpha=0.7)
+    top = max(x.max(), y.max(), 1) + 1
+    ax.plot([0, top], [0, top], color="k", lw=0.8, ls="--", label="y = x")
+    ax.set_xlabel("initial benign collisions (opposite signs)")
+    ax.set_ylabel("polysemantic neurons at convergence")
+    fig.colorbar(sc, ax=ax, label="log2 m")
+    ax.legend(fontsize=8)
+    ax.grid(True, alpha=0.3)
+    return fig
+
+
 def save_figure(fig, path, dpi=130):
     """Save ``fig`` to ``path`` atomically. Returns the path."""
     import io

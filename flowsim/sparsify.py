@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _cli, theory
-from .errors import DivergenceError, invalid
+from .errors import DivergenceError, check_float, invalid
 from .integrate import METHODS, Stop, default_save_times, simulate
 from .model import Model
 
@@ -63,7 +63,8 @@ def main(argv=None):
         t_max, stop = CAP_FACTOR / args.lam, Stop(max_nnz=1)
     else:
         t_max, stop = args.t_max, None
-    dt = args.dt if args.method in ("euler", "heun", "rk4") else None
+    dt = check_float("dt", args.dt, positive=True) if args.method in ("euler", "heun", "rk4") else None
+    t_max = check_float("t_max", t_max, positive=True)
     save_at = default_save_times(t_max, dt, count=args.saves)
     wall0 = time.perf_counter()
     status, message = 0, None

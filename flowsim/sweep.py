@@ -377,7 +377,8 @@ def _params_diff(stored, wanted):
     def show(d, k):
         return repr(d[k]) if k in d else "missing"
 
-    keys = [k for k in dict.fromkeys([*stored, *wanted]) if stored.get(k, ...) != wanted.get(k, ...)]
+    keys = [k for k in dict.fromkeys([*stored, *wanted])
+            if stored.get(k, ...) != wanted.get(k, ...)]
     return "; ".join(f"{k}: stored {show(stored, k)}, now {show(wanted, k)}" for k in keys[:3])
 
 

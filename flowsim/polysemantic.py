@@ -1,0 +1,178 @@
+"""``python -m flowsim.polysemantic``: incidental polysemanticity at scale (Figure 3).
+
+Trains the full model (all three forces) for every (m, seed) until it converges and
+counts polysemantic neurons. Writes into ``--out``: ``figure3_polysemantic.png`` (mean
+± std against m, log–log, with n²/(4m) and n(n−1)/(2m)), ``figure3_collisions.png``
+(initial benign collisions against final polysemantic neurons, per run),
+``polysemantic.csv`` (one row per run) and ``polysemantic.json`` (parameters, per-m
+table, timing). Each finished run is stored at once in ``<out>/polysemantic_runs/``;
+``--resume`` skips runs already stored there.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import _cli, metrics, theory
+from ._version import __version__
+from .errors import invalid
+from .integrate import EXPLICIT_METHODS, METHODS, Stop, simulate
+from .io import write_json
+from .model import Model
+
+PROG = "python -m flowsim.polysemantic"
+DEFAULT_M = tuple(range(256, 4097, 256))
+
+
+def run_one(params):
+    """One training run to convergence, summarised by the polysemanticity metrics.
+
+    Parameters
+    ----------
+    params : dict
+        n, m, lam, c, seed, method, dt, t_max, tol, window, threshold, sparse_below.
+
+    Returns
+    -------
+    dict
+        JSON-ready metrics (see :func:`flowsim.metrics.summary`) and run statistics.
+    """
+    model = Model(n=params["n"], m=params["m"], lam=params["lam"], c=params["c"], seed=params["seed"])
+    W0 = model.initial_weights()
+    traj = simulate(model, params["t_max"], method=params["method"], dt=params["dt"], W0=W0,
+                    save_at=[], stop=Stop(tol=params["tol"], window=params["window"]),
+                    sparse_below=params["sparse_below"])
+    out = metrics.summary(W0, traj.W, threshold=params["threshold"], window=(0.8, 1.2))
+    out.update(status=traj.stats.status, t_converged=traj.stats.t_end, steps=traj.stats.steps,
+               run_seconds=traj.stats.wall_seconds, compile_seconds=traj.stats.compile_seconds,
+               max_nnz=int(traj.nnz[-1].max()), mean_l2sq=float(traj.l2sq[-1].mean()),
+               polysemantic_expected=theory.polysemantic_expected(model.n, model.m),
+               collisions_expected=theory.collisions_expected(model.n, model.m))
+    return out
+
+
+def parser():
+    p = _cli.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    a = p.add_argument
+    a("--n", type=int, default=256, help="features (default 256)")
+    a("--m", type=int, nargs="+", default=list(DEFAULT_M), help="hidden sizes (default 256, 512, ..., 4096)")
+    a("--seeds", type=int, default=16, help="runs per m (seeds seed0 .. seed0+seeds-1, default 16)")
+    a("--seed0", type=int, default=0, help="first seed (default 0)")
+    a("--lam", type=float, default=0.01, help="L1 strength (default 0.01)")
+    a("--c", type=float, default=1.0, help="force scale (default 1, the paper's)")
+    a("--method", default="euler", help=f"one of {', '.join(EXPLICIT_METHODS)} (default euler)")
+    a("--dt", type=float, default=0.1, help="step (default 0.1)")
+    a("--t-max", type=float, default=None, help="cap on training time (default 100/lam)")
+    a("--tol", type=float, default=1e-6, help="converged when max|dW|/dt < tol over a window (default 1e-6)")
+    a("--window", type=float, default=50.0, help="convergence window in time units (default 50)")
+    a("--threshold", type=float, default=0.5, help="|W_ik| above which a neuron represents a feature (default 0.5)")
+    a("--sparse-below", type=float, default=0.15, help="density at which the sparse engine takes over (0: never)")
+    a("--out", type=Path, default=Path("figures"), help="output folder (default figures/)")
+    a("--executor", choices=("local", "dask", "serial"), default="local", help="where runs execute (default local)")
+    a("--workers", type=int, default=None, help="worker processes (default: CPUs available)")
+    a("--scheduler", default=None, help="address of a running Dask scheduler (with --executor dask)")
+    a("--resume", action="store_true", help="skip runs already stored in OUT/polysemantic_runs/")
+    a("--retries", type=int, default=2, help="retries of a failed run (default 2)")
+    a("--no-plot", action="store_true", help="write CSV and JSON only")
+    a("--quiet", action="store_true", help="no progress bar or summary")
+    return p
+
+
+def specs_from_args(args):
+    """The list of RunSpec of a sweep, validated (one-line errors)."""
+    from .sweep import RunSpec
+
+    if args.method not in METHODS or args.method not in EXPLICIT_METHODS:
+        raise invalid("--method", args.method, "must be one of " + ", ".join(EXPLICIT_METHODS))
+    if args.seeds < 1:
+        raise invalid("--seeds", args.seeds, "must be an integer >= 1")
+    if args.workers is not None and args.workers < 1:
+        raise invalid("--workers", args.workers, "must be an integer >= 1")
+    if args.scheduler and args.executor != "dask":
+        raise invalid("--scheduler", args.scheduler, "needs --executor dask")
+    for name in ("dt", "tol", "window", "threshold"):
+        v = getattr(args, name)
+        if not (math.isfinite(v) and v > 0):
+            raise invalid(f"--{name}", v, "must be a finite number > 0")
+    if not (args.lam > 0 and math.isfinite(args.lam)):
+        raise invalid("--lam", args.lam, "must be a finite number > 0 (L1 drives the sparsification)")
+    t_max = args.t_max if args.t_max is not None else 100.0 / args.lam
+    specs = []
+    for m in args.m:
+        for seed in range(args.seed0, args.seed0 + args.seeds):
+            Model(n=args.n, m=m, lam=args.lam, c=args.c, seed=seed)  # validates every value
+            params = dict(n=args.n, m=m, lam=args.lam, c=args.c, seed=seed, method=args.method,
+                          dt=args.dt, t_max=t_max, tol=args.tol, window=args.window,
+                          threshold=args.threshold, sparse_below=args.sparse_below)
+            specs.append(RunSpec(key=f"n{args.n}_m{m}_seed{seed}", params=params))
+    return specs
+
+
+def per_m_table(rows, n):
+    """Mean, std and theory of the polysemantic count for each m. rows: results_table rows."""
+    table = []
+    for m in sorted({r["m"] for r in rows}):
+        ys = np.array([r["polysemantic"] for r in rows if r["m"] == m], dtype=float)
+        col = np.array([r["benign"] for r in rows if r["m"] == m], dtype=float)
+        table.append(dict(m=m, runs=int(ys.size), mean=float(ys.mean()),
+                          std=float(ys.std(ddof=1)) if ys.size > 1 else 0.0,
+                          benign_mean=float(col.mean()),
+                          n2_over_4m=theory.polysemantic_expected(n, m),
+                          collisions_expected=theory.collisions_expected(n, m)))
+    return table
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    specs = specs_from_args(args)
+    if args.executor != "serial":  # one BLAS/numba thread per worker process
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+            os.environ.setdefault(var, "1")
+    from .sweep import results_table, run_sweep, write_csv
+
+    store = args.out / "polysemantic_runs"
+    tick = time.perf_counter()
+    status = _cli.EXIT_OK
+    try:
+        sweep = run_sweep(run_one, specs, store, executor=args.executor, workers=args.workers,
+                          scheduler=args.scheduler, resume=args.resume, retries=args.retries,
+                          progress=not args.quiet)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{PROG}: interrupted; finished runs are in {store}/ (rerun with --resume)\n")
+        return _cli.EXIT_INTERRUPTED
+    wall = time.perf_counter() - tick
+    rows = results_table(specs, sweep.results)
+    write_csv(rows, args.out / "polysemantic.csv")
+    table = per_m_table(rows, args.n) if rows else []
+    meta = dict(flowsim_version=__version__, command=PROG, argv=sys.argv,
+                parameters={k: v for k, v in specs[0].params.items() if k not in ("m", "seed")},
+                m=args.m, seeds=list(range(args.seed0, args.seed0 + args.seeds)),
+                executor=args.executor, workers=args.workers, wall_seconds=wall,
+                runs=len(specs), finished=len(sweep.results), skipped=len(sweep.skipped),
+                failed=sweep.failed, per_m=table)
+    if rows and not args.no_plot:
+        from .plotting import figure3, figure3_collisions, save_figure
+
+        save_figure(figure3(table, rows, args.n), args.out / "figure3_polysemantic.png")
+        save_figure(figure3_collisions(rows), args.out / "figure3_collisions.png")
+    write_json(args.out / "polysemantic.json", meta)
+    if sweep.failed:
+        sys.stderr.write(f"{PROG}: {len(sweep.failed)} runs failed: "
+                         + "; ".join(f"{k}: {v}" for k, v in list(sweep.failed.items())[:3]) + "\n")
+        status = 1
+    if not args.quiet:
+        print(f"{len(sweep.results)} runs ({len(sweep.skipped)} resumed) in {wall:.1f} s")
+        print(f"{'m':>6} {'mean':>7} {'std':>6} {'n²/4m':>7}")
+        for r in table:
+            print(f"{r['m']:>6} {r['mean']:>7.2f} {r['std']:>6.2f} {r['n2_over_4m']:>7.2f}")
+        print(f"wrote {args.out}/ (figure3_polysemantic.png, figure3_collisions.png, polysemantic.csv, polysemantic.json)")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(_cli.run_main(PROG, main, sys.argv[1:]))
