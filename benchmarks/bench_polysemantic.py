@@ -20,7 +20,6 @@ c = 4 run needed to converge; the ratio is of wall times for those steps.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time

@@ -6,13 +6,14 @@ numba's on-disk cache (``cache=True``) keeps working. ``forces.py`` is the refer
 Row kernels (interference off)
 ------------------------------
 Without interference each row is on its own and, over one step with its sign pattern
-frozen, every stage value of an active weight is an affine function of its value at the
+frozen, every stage value of an alive weight is an affine function of its value at the
 step start, ``|u| = α|w| - β``. A stage therefore needs only the row sums
-``s2 = Σw²``, ``s1 = Σ|w|`` and the active count ``k``:
-``Σu² = α² s2 - 2αβ s1 + β² k``. A step of any explicit method is scalar arithmetic
-followed by one pass over the row's active weights, which also compacts the active list
-(exact zeros drop out: with interference off the force on a zero weight is exactly 0,
-so it can never be released) and accumulates the sums for the next step.
+``s2 = Σw²``, ``s1 = Σ|w|`` and the alive count ``k``:
+``Σu² = α² s2 - 2αβ s1 + β² k``, and a whole step of any explicit method maps every
+alive weight by the same ``|w| ← α|w| - β``. With the magnitudes kept sorted, the maps
+are composed lazily and weights die from the bottom of the list, so a step costs O(1)
+plus its deaths. (Exact zeros never come back: with interference off the force on a
+zero weight is exactly 0.)
 """
 from __future__ import annotations
 
@@ -22,29 +23,6 @@ import numpy as np
 _opts = dict(cache=True, nogil=True, error_model="numpy")
 
 STATUS_DONE, STATUS_BUDGET, STATUS_STOP, STATUS_NONFINITE = 0, 1, 2, 3
-
-
-@numba.njit(**_opts)
-def rows_init(W, idx, cnt, s1, s2):
-    """Build each row's active list and sums from W.
-
-    W : (n, m) float64; idx : (n, m) int64 (out); cnt, s1, s2 : (n,) (out).
-    """
-    n, m = W.shape
-    for i in range(n):
-        k = 0
-        a1 = 0.0
-        a2 = 0.0
-        for col in range(m):
-            w = W[i, col]
-            if w != 0.0:
-                idx[i, k] = col
-                k += 1
-                a1 += abs(w)
-                a2 += w * w
-        cnt[i] = k
-        s1[i] = a1
-        s2[i] = a2
 
 
 @numba.njit(**_opts)
@@ -77,43 +55,48 @@ def affine_step(s1, s2, k, h, a, b, fb, c, lam, P, Q):
 
 
 @numba.njit(**_opts)
-def rows_apply(W, idx, cnt, s1, s2, i, al, be):
-    """Apply ``w ← S_β(α w)`` to row i's active weights; compact; refresh sums."""
-    k = 0
-    a1 = 0.0
-    a2 = 0.0
-    for p in range(cnt[i]):
-        col = idx[i, p]
-        v = al * W[i, col]
-        r = abs(v) - be
-        if r > 0.0:
-            W[i, col] = r if v > 0.0 else -r
-            idx[i, k] = col
-            k += 1
-            a1 += r
-            a2 += r * r
-        else:
-            W[i, col] = 0.0
-    cnt[i] = k
-    s1[i] = a1
-    s2[i] = a2
+def rows_materialize(W, u, perm, cnt, A, B, P1, P2, i):
+    """Apply row i's pending map: u ← A u - B, W ← sign(W)·u, A = 1, B = 0, refresh sums."""
+    a, b = A[i], B[i]
+    p1 = 0.0
+    p2 = 0.0
+    for j in range(cnt[i]):
+        v = a * u[i, j] - b
+        u[i, j] = v
+        col = perm[i, j]
+        W[i, col] = v if W[i, col] > 0.0 else -v
+        p1 += v
+        p2 += v * v
+    A[i] = 1.0
+    B[i] = 0.0
+    P1[i] = p1
+    P2[i] = p2
 
 
 @numba.njit(**_opts)
-def rows_run(W, idx, cnt, s1, s2, t0, t1, dt, j0, jmax, a, b, fb, c, lam, stop_nnz, out):
+def rows_run(W, u, perm, cnt, A, B, P1, P2, t0, t1, dt, j0, jmax, a, b, fb, c, lam, stop_nnz, out):
     """Take explicit steps on all rows from ``t0 + j0 dt`` towards ``t1``.
+
+    Row i keeps its alive magnitudes sorted descending in ``u[i, :cnt[i]]`` (columns
+    ``perm``), as they were when last materialised, and the composition of every step's
+    map since then, ``|w| = A u - B``; ``P1``, ``P2`` are Σu, Σu² over the alive ones.
+    A step is the scalar update of (A, B) plus the deaths at the bottom of the sorted
+    list, O(1 + deaths); the map is materialised when it drifts (A outside [1/2, 2] or
+    B beyond a tenth of the largest weight) and when the call returns, so W is current
+    between calls. Every weight gets the value of the per-weight update
+    ``w ← S_β(α w)`` up to rounding.
 
     Step ``j`` ends at ``t0 + (j+1) dt``, the last one shortened to end at ``t1``.
     Stops at ``t1`` (status 0), after ``jmax`` steps (1), when every row has at most
-    ``stop_nnz`` active weights (2; ``stop_nnz < 0`` disables) or before a step that
+    ``stop_nnz`` alive weights (2; ``stop_nnz < 0`` disables) or before a step that
     would produce a non-finite value (3; the state is left at the last finite step).
 
-    out : (4,) float64, receives (time reached, step index reached, status, bad row).
+    out : (5,) float64, receives (time reached, step index reached, status, bad row).
     """
     n = W.shape[0]
     S = b.shape[0]
-    P = np.empty(S)
-    Q = np.empty(S)
+    Pw = np.empty(S)
+    Qw = np.empty(S)
     j = j0
     t = t0 + j0 * dt if j0 > 0 else t0
     if t > t1:
@@ -126,13 +109,37 @@ def rows_run(W, idx, cnt, s1, s2, t0, t1, dt, j0, jmax, a, b, fb, c, lam, stop_n
             t_next = t1
         h = t_next - t
         for i in range(n):
-            if cnt[i] == 0:
+            k = cnt[i]
+            if k == 0:
                 continue
-            al, be, N0 = affine_step(s1[i], s2[i], cnt[i], h, a, b, fb, c, lam, P, Q)
+            ai, bi = A[i], B[i]
+            s1 = ai * P1[i] - bi * k
+            s2 = ai * ai * P2[i] - 2.0 * ai * bi * P1[i] + bi * bi * k
+            al, be, N0 = affine_step(s1, s2, k, h, a, b, fb, c, lam, Pw, Qw)
             if not (np.isfinite(al) and np.isfinite(be) and abs(al) < 1e150):
                 bad = i
                 break
-            rows_apply(W, idx, cnt, s1, s2, i, al, be)
+            if al <= 0.0:  # α h is huge: w ← S_β(α w) flips every sign (Euler only)
+                rows_materialize(W, u, perm, cnt, A, B, P1, P2, i)
+                for jj in range(k):
+                    W[i, perm[i, jj]] = -W[i, perm[i, jj]]
+                al = -al
+                ai, bi = 1.0, 0.0
+            ai = al * ai
+            bi = al * bi + be
+            A[i] = ai
+            B[i] = bi
+            while k > 0 and ai * u[i, k - 1] - bi <= 0.0:
+                k -= 1
+                W[i, perm[i, k]] = 0.0
+                P1[i] -= u[i, k]
+                P2[i] -= u[i, k] * u[i, k]
+            cnt[i] = k
+            if k == 0:
+                P1[i] = 0.0
+                P2[i] = 0.0
+            elif ai > 2.0 or ai < 0.5 or bi > 0.1 * ai * u[i, 0]:
+                rows_materialize(W, u, perm, cnt, A, B, P1, P2, i)
         if bad >= 0:
             status = STATUS_NONFINITE
             break
@@ -150,6 +157,8 @@ def rows_run(W, idx, cnt, s1, s2, t0, t1, dt, j0, jmax, a, b, fb, c, lam, stop_n
         if t < t1 and j - j0 >= jmax:
             status = STATUS_BUDGET
             break
+    for i in range(n):
+        rows_materialize(W, u, perm, cnt, A, B, P1, P2, i)
     out[0] = t
     out[1] = j
     out[2] = status

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import signal
 import threading
 import time
@@ -334,34 +333,35 @@ def _divergence(model, method, dt, t, step, recorder, W, options, wall, comp):
 
 
 class _RowsEngine:
-    """Rows without interference: O(nonzeros) numba steps on compacted active lists."""
+    """Rows without interference: numba steps costing O(1) plus deaths (see _kernels)."""
 
     def __init__(self, W, model, method):
         self.model = model
-        n, m = W.shape
+        n = W.shape[0]
         self.W = W
-        self.idx = np.empty((n, m), dtype=np.int64)
-        self.cnt = np.empty(n, dtype=np.int64)
-        self.s1 = np.empty(n)
-        self.s2 = np.empty(n)
-        K.rows_init(W, self.idx, self.cnt, self.s1, self.s2)
+        absW = np.abs(W)
+        self.perm = np.argsort(absW, axis=1)[:, ::-1].copy()  # descending; zeros last
+        self.u = np.take_along_axis(absW, self.perm, axis=1)
+        del absW
+        self.cnt = np.count_nonzero(W, axis=1).astype(np.int64)
+        self.A, self.B = np.ones(n), np.zeros(n)
+        self.P1, self.P2 = np.zeros(n), np.zeros(n)
+        for i in range(n):
+            K.rows_materialize(W, self.u, self.perm, self.cnt, self.A, self.B, self.P1, self.P2, i)
         self.a, self.b = TABLEAUX[method]
         self.fb = 1.0 if model.feature_benefit else 0.0
         self.lam = model.l1_strength
         self.stages = len(self.b)
 
     def run(self, t0, t1, dt, j0, jmax, stop_nnz, out):
-        K.rows_run(self.W, self.idx, self.cnt, self.s1, self.s2, t0, t1, dt, j0, jmax,
-                   self.a, self.b, self.fb, self.model.c, self.lam, stop_nnz, out)
-
-    def nnz(self):
-        return self.cnt.copy()
+        K.rows_run(self.W, self.u, self.perm, self.cnt, self.A, self.B, self.P1, self.P2,
+                   t0, t1, dt, j0, jmax, self.a, self.b, self.fb, self.model.c, self.lam, stop_nnz, out)
 
     def stats(self):
         n = self.W.shape[0]
         l1, l2, l4 = np.empty(n), np.empty(n), np.empty(n)
         nnz = np.empty(n, dtype=np.int64)
-        K.rows_stats(self.W, self.idx, self.cnt, l1, nnz, l2, l4)
+        K.rows_stats(self.W, self.perm, self.cnt, l1, nnz, l2, l4)
         return finish_stats(l1, nnz, l2, l4, self.model)
 
 
@@ -497,9 +497,9 @@ class _SparseEngine:
         self.fb = 1.0 if model.feature_benefit else 0.0
 
     def sync(self):
-        """Rebuild the supports from W (after dense steps changed it)."""
-        n = self.W.shape[0]
-        K.rows_init(self.W, self.widx, self.wcnt, np.empty(n), np.empty(n))
+        """Rebuild the supports from W (after dense steps changed it): nonzeros first."""
+        self.widx[...] = np.argsort(self.W == 0.0, axis=1, kind="stable")
+        self.wcnt[...] = np.count_nonzero(self.W, axis=1)
 
     def run(self, t0, t1, dt, j0, jmax, stop_nnz, out):
         K.sparse_run(self.W, self.U, self.widx, self.wcnt, self.ws, self.Kc, self.Fc, self.newv,

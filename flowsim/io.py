@@ -29,6 +29,12 @@ def atomic_write_bytes(path, data: bytes) -> Path:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    with contextlib.suppress(OSError):  # make the rename itself durable (POSIX)
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
     return path
 
 
@@ -46,7 +52,8 @@ def write_csv(path, header, rows) -> Path:
     """Write a CSV table atomically. rows: iterable of sequences matching ``header``."""
     buf = _io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
+    if header:
+        writer.writerow(header)
     writer.writerows(rows)
     return atomic_write_text(path, buf.getvalue())
 

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
-import csv
 import dataclasses
-import io
 import json
 import math
 import multiprocessing
@@ -30,7 +28,6 @@ import numbers
 import os
 import pickle
 import re
-import secrets
 import signal
 import sys
 import time
@@ -40,6 +37,7 @@ from collections.abc import Mapping
 import numpy as np
 from tqdm import tqdm
 
+from . import io as _io
 from ._version import __version__
 from .errors import FlowsimInputError, check_int, invalid
 
@@ -297,40 +295,6 @@ def _make_backend(executor, workers, scheduler):
 
 # --------------------------------------------------------------------------- store
 
-def _atomic_write_text(path, text):
-    """Write ``text`` to ``path`` atomically: a temp file in the same directory, fsync,
-    ``os.replace``. Readers see the old file or the new one, never a partial one; on
-    failure the temp file is removed and the old file is left as it was.
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}."
-                                  f"{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable (POSIX only)
-        dfd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
-
-
 def _read_record(path):
     name = os.path.basename(path)
     try:
@@ -561,7 +525,7 @@ def _drive(fn, todo, store, backend, retries, progress, total, initial, done, fa
             record = dict(key=spec.key, params=spec.params, result=payload,
                           flowsim_version=__version__, wall_seconds=wall,
                           attempts=starts[spec.key])
-            _atomic_write_text(os.path.join(store, spec.key + ".json"),
+            _io.atomic_write_text(os.path.join(store, spec.key + ".json"),
                                json.dumps(record, indent=1, allow_nan=True) + "\n")
             done[spec.key] = payload
             finish(spec)
@@ -680,12 +644,4 @@ def write_csv(rows, path):
     if not all(isinstance(r, Mapping) for r in rows):
         raise invalid("rows", rows, "must be an iterable of dicts")
     columns = list(dict.fromkeys(k for r in rows for k in r))
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    if columns:
-        writer.writerow(columns)
-    for r in rows:
-        writer.writerow([_csv_cell(r[c]) if c in r else "" for c in columns])
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    _atomic_write_text(path, buf.getvalue())
+    _io.write_csv(path, columns, [[_csv_cell(r[c]) if c in r else "" for c in columns] for r in rows])

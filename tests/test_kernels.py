@@ -7,7 +7,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import flowsim
-from flowsim import _kernels as K
 from flowsim import forces
 from flowsim.integrate import force, simulate
 from flowsim.trajectory import row_stats
@@ -66,21 +65,32 @@ def test_one_step_matches_reference(method, fb, interf, l1, p, h):
 
 
 def test_rows_kernel_stats_match_reference():
+    from flowsim.integrate import _RowsEngine
+
     model = flowsim.Model(n=5, m=300, lam=0.01, interference=False)
     W = _problem(5, 300, 7, 0.4, 1.0)
-    idx = np.empty((5, 300), dtype=np.int64)
-    cnt = np.empty(5, dtype=np.int64)
-    s1, s2 = np.empty(5), np.empty(5)
-    K.rows_init(W, idx, cnt, s1, s2)
-    l1, l2, l4 = np.empty(5), np.empty(5), np.empty(5)
-    nnz = np.empty(5, dtype=np.int64)
-    K.rows_stats(W, idx, cnt, l1, nnz, l2, l4)
+    engine = _RowsEngine(W.copy(), model, "rk4")
+    got = engine.stats()
     ref = row_stats(W, model)
-    np.testing.assert_allclose(l1, ref["l1"], rtol=1e-13)
-    np.testing.assert_allclose(s1, ref["l1"], rtol=1e-13)
-    np.testing.assert_allclose(s2, ref["l2sq"], rtol=1e-13)
-    np.testing.assert_allclose(l4, ref["l4"], rtol=1e-13)
-    np.testing.assert_array_equal(nnz, ref["nnz"])
+    for name in ("l1", "l2sq", "l4", "relvar", "loss"):
+        np.testing.assert_allclose(got[name], ref[name], rtol=1e-13)
+    np.testing.assert_array_equal(got["nnz"], ref["nnz"])
+    np.testing.assert_allclose(engine.P1, ref["l1"], rtol=1e-13)
+    np.testing.assert_allclose(engine.P2, ref["l2sq"], rtol=1e-13)
+
+
+@pytest.mark.parametrize("method", ["euler", "heun", "rk4"])
+@pytest.mark.parametrize("fb", [True, False])
+def test_rows_kernel_many_steps_match_reference_run(method, fb):
+    """The lazily composed maps (with deaths and re-materialisations) equal the
+    per-weight reference steps over a whole run, to rounding."""
+    model = flowsim.Model(n=4, m=400, lam=0.02, interference=False, feature_benefit=fb, seed=9)
+    W0 = model.initial_weights()
+    ref = forces.reference_run(W0, model, 30.0, 0.07, method)
+    got = simulate(model, 30.0, method=method, dt=0.07, W0=W0).W
+    assert (ref == 0).sum() > 400  # many deaths
+    np.testing.assert_array_equal(got == 0, ref == 0)
+    np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-15)
 
 
 @pytest.mark.parametrize("interf", [False, True])

@@ -344,18 +344,3 @@ def test_results_table_and_write_csv(tmp_path):
     assert os.listdir(tmp_path / "sub") == ["t.csv"]
     with pytest.raises(FlowsimInputError, match=r"field 'm' is 5 in the result"):
         results_table(specs, {"a": {"m": 5}})
-
-
-def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
-    path = tmp_path / "f.txt"
-    sweep._atomic_write_text(path, "old\n")
-    sweep._atomic_write_text(path, "new\n")
-    assert path.read_text() == "new\n"
-
-    def broken_fsync(fd):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(sweep.os, "fsync", broken_fsync)
-    with pytest.raises(OSError, match="disk full"):
-        sweep._atomic_write_text(path, "partial")
-    assert path.read_text() == "new\n" and os.listdir(tmp_path) == ["f.txt"]
