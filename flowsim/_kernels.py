@@ -26,6 +26,19 @@ STATUS_DONE, STATUS_BUDGET, STATUS_STOP, STATUS_NONFINITE = 0, 1, 2, 3
 
 
 @numba.njit(**_opts)
+def start_time(t0, t1, dt, j0):
+    """Time after ``j0`` steps of ``dt`` from ``t0`` (never past ``t1``)."""
+    return min(t0 + j0 * dt, t1) if j0 > 0 else t0
+
+
+@numba.njit(**_opts)
+def step_end(t0, t1, dt, j):
+    """End of step ``j`` on the grid ``t0 + k dt``; the last step is shortened to ``t1``."""
+    t_next = t0 + (j + 1) * dt
+    return t1 if t_next >= t1 - 1e-9 * dt else t_next
+
+
+@numba.njit(**_opts)
 def affine_step(s1, s2, k, h, a, b, fb, c, lam, P, Q):
     """Coefficients (α, β) of one explicit step on a row without interference.
 
@@ -98,15 +111,11 @@ def rows_run(W, u, perm, cnt, A, B, P1, P2, t0, t1, dt, j0, jmax, a, b, fb, c, l
     Pw = np.empty(S)
     Qw = np.empty(S)
     j = j0
-    t = t0 + j0 * dt if j0 > 0 else t0
-    if t > t1:
-        t = t1
+    t = start_time(t0, t1, dt, j0)
     status = STATUS_DONE
     bad = -1
     while t < t1:
-        t_next = t0 + (j + 1) * dt
-        if t_next >= t1 - 1e-9 * dt:
-            t_next = t1
+        t_next = step_end(t0, t1, dt, j)
         h = t_next - t
         for i in range(n):
             k = cnt[i]
@@ -459,15 +468,11 @@ def sparse_run(W, U, widx, wcnt, ws, Kc, Fc, newv, colrows, colstart, colcnt, co
     n = W.shape[0]
     S = b.shape[0]
     j = j0
-    t = t0 + j0 * dt if j0 > 0 else t0
-    if t > t1:
-        t = t1
+    t = start_time(t0, t1, dt, j0)
     status = STATUS_DONE
     releases = 0
     while t < t1:
-        t_next = t0 + (j + 1) * dt
-        if t_next >= t1 - 1e-9 * dt:
-            t_next = t1
+        t_next = step_end(t0, t1, dt, j)
         h = t_next - t
         for i in range(n):
             for p in range(wcnt[i]):

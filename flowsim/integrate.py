@@ -439,12 +439,10 @@ class _DenseEngine:
         self._buffers(Wc)
         self.cols = live
         j = j0
-        t = min(t0 + j0 * dt, t1) if j0 > 0 else t0
+        t = K.start_time(t0, t1, dt, j0)
         status, steps = K.STATUS_DONE, 0
         while t < t1:
-            t_next = t0 + (j + 1) * dt
-            if t_next >= t1 - 1e-9 * dt:
-                t_next = t1
+            t_next = K.step_end(t0, t1, dt, j)
             with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected below
                 ok = self.step(Wc, t_next - t)
             if not ok:

@@ -108,6 +108,32 @@ def _alive_count(d_row, nz, A, s):
 
 
 @numba.njit(cache=True)
+def _row_force(k, p1, p2, A, s, c_fb, lam_l1):
+    """(A', s') of one row with k alive weights; p1, p2 = P1[i, k], P2[i, k]."""
+    g = 0.0
+    if k > 0:
+        N = k * s * s - 2.0 * s * A * p1 + A * A * p2
+        g = c_fb * (1.0 - N)
+    return g * A, g * s - lam_l1
+
+
+@numba.njit(cache=True)
+def _row_jac(k, p1, p2, A, s, c_fb):
+    """(J_AA, J_As, J_sA, J_ss) of one row with k alive weights."""
+    jaa = jsa = jas = jss = 0.0
+    if k > 0:
+        N = k * s * s - 2.0 * s * A * p1 + A * A * p2
+        g = c_fb * (1.0 - N)
+        NA = 2.0 * (A * p2 - s * p1)
+        Ns = 2.0 * (k * s - A * p1)
+        jaa = g - c_fb * A * NA
+        jas = -c_fb * A * Ns
+        jsa = -c_fb * s * NA
+        jss = g - c_fb * s * Ns
+    return jaa, jas, jsa, jss
+
+
+@numba.njit(cache=True)
 def _rhs_kernel(d, nz, P1, P2, y, c_fb, lam_l1, out):
     """Right-hand side of the interleaved state y = (A_0, s_0, A_1, s_1, ...).
 
@@ -118,12 +144,7 @@ def _rhs_kernel(d, nz, P1, P2, y, c_fb, lam_l1, out):
         A = y[2 * i]
         s = y[2 * i + 1]
         k = _alive_count(d[i], nz[i], A, s)
-        g = 0.0
-        if k > 0:
-            N = k * s * s - 2.0 * s * A * P1[i, k] + A * A * P2[i, k]
-            g = c_fb * (1.0 - N)
-        out[2 * i] = g * A
-        out[2 * i + 1] = g * s - lam_l1
+        out[2 * i], out[2 * i + 1] = _row_force(k, P1[i, k], P2[i, k], A, s, c_fb, lam_l1)
 
 
 @numba.njit(cache=True)
@@ -136,18 +157,7 @@ def _jac_kernel(d, nz, P1, P2, y, c_fb, out):
         A = y[2 * i]
         s = y[2 * i + 1]
         k = _alive_count(d[i], nz[i], A, s)
-        jaa = jsa = jas = jss = 0.0
-        if k > 0:
-            p1 = P1[i, k]
-            p2 = P2[i, k]
-            N = k * s * s - 2.0 * s * A * p1 + A * A * p2
-            g = c_fb * (1.0 - N)
-            NA = 2.0 * (A * p2 - s * p1)
-            Ns = 2.0 * (k * s - A * p1)
-            jaa = g - c_fb * A * NA
-            jas = -c_fb * A * Ns
-            jsa = -c_fb * s * NA
-            jss = g - c_fb * s * Ns
+        jaa, jas, jsa, jss = _row_jac(k, P1[i, k], P2[i, k], A, s, c_fb)
         out[4 * i] = jaa
         out[4 * i + 1] = jsa
         out[4 * i + 2] = jas
@@ -193,6 +203,519 @@ def _materialise_kernel(W0, a1, A, s, out):
                 else:
                     v = 0.0
             out[i, k] = v
+
+
+# ------------------------------------------------------ Radau IIA (order 5) in numba
+# A port of scipy.integrate._ivp.radau (scipy 1.17) specialised to one row's 2-D state
+# y = (A, s): the same constants, simplified Newton iterations on the collocation
+# system through the real and complex transformed 2×2 systems, the embedded error
+# estimate, the Gustafsson step-size controller with the same safety factors, and the
+# same rule for reusing the Jacobian. Differences from scipy:
+# * steps are clipped to end exactly on every save time; after a clipped step the
+#   controller's unclipped proposal is kept if it is larger than its new one;
+# * the 2×2 systems are solved afresh from (J, h) whenever they are needed (scipy keeps
+#   a factorisation made for another h after a step clipped to t_bound);
+# * a step that crosses the max_nnz event is redone with the step length that puts the
+#   event on its end point (Illinois iterations on that length).
+_S6 = 6.0 ** 0.5
+_RC = np.array([(4.0 - _S6) / 10.0, (4.0 + _S6) / 10.0, 1.0])
+_RE = np.array([-13.0 - 7.0 * _S6, -13.0 + 7.0 * _S6, -1.0]) / 3.0
+_MU_REAL = 3.0 + 3.0 ** (2.0 / 3.0) - 3.0 ** (1.0 / 3.0)
+_MU_COMPLEX = (3.0 + 0.5 * (3.0 ** (1.0 / 3.0) - 3.0 ** (2.0 / 3.0))
+               - 0.5j * (3.0 ** (5.0 / 6.0) + 3.0 ** (7.0 / 6.0)))
+_RT = np.array([
+    [0.09443876248897524, -0.14125529502095421, 0.03002919410514742],
+    [0.25021312296533332, 0.20412935229379994, -0.38294211275726192],
+    [1.0, 1.0, 0.0]])
+_RTI = np.array([
+    [4.17871859155190428, 0.32768282076106237, 0.52337644549944951],
+    [-4.17871859155190428, -0.32768282076106237, 0.47662355450055044],
+    [0.50287263494578682, -2.57192694985560522, 0.59603920482822492]])
+_RTI_COMPLEX = _RTI[1] + 1j * _RTI[2]
+_RP = np.array([
+    [13.0 / 3.0 + 7.0 * _S6 / 3.0, -23.0 / 3.0 - 22.0 * _S6 / 3.0, 10.0 / 3.0 + 5.0 * _S6],
+    [13.0 / 3.0 - 7.0 * _S6 / 3.0, -23.0 / 3.0 + 22.0 * _S6 / 3.0, 10.0 / 3.0 - 5.0 * _S6],
+    [1.0 / 3.0, -8.0 / 3.0, 10.0 / 3.0]])
+_NEWTON_MAXITER = 6
+_MIN_FACTOR = 0.2
+_MAX_FACTOR = 10.0
+#: Relative width in t of the bracket that locates the max_nnz event.
+_EVENT_RTOL = 1e-14
+_EVENT_MAXITER = 100
+
+# Row status codes, ist[:, _I_STATUS].
+_RUNNING, _DONE, _EVENT, _WAITING = 0, 1, 2, 3
+_FAIL_STEP, _FAIL_NONFINITE, _FAIL_EVENT = -1, -2, -3
+_FAILURES = {
+    _FAIL_STEP: "step size underflow",
+    _FAIL_NONFINITE: "non-finite right-hand side (step size underflow)",
+    _FAIL_EVENT: "Newton iterations failed while locating the max_nnz event",
+}
+# Float state of a row, fs[i, :]: time, state, its derivative, proposed step, previous
+# proposal and error norm (NaN: none), Jacobian (J_AA, J_As, J_sA, J_ss), dense output
+# of the last step (Q: 2×3, its start t_old, y_old, length h_prev; h_prev = 0: none),
+# end time of the current phase, event gap d (NaN: no event).
+_F_T, _F_A, _F_S, _F_FA, _F_FS, _F_H, _F_HOLD, _F_EOLD = range(8)
+_F_J = 8
+_F_Q = 12
+_F_TOLD, _F_YOLD_A, _F_YOLD_S, _F_HPREV, _F_TEND, _F_EVD = range(18, 24)
+_NF = 24
+# Integer state of a row, ist[i, :]: status, next save index, accepted steps, rhs and
+# Jacobian evaluations, Jacobian-is-current flag, alive-count hint.
+_I_STATUS, _I_SAVE, _I_STEPS, _I_NFEV, _I_NJEV, _I_CURJAC, _I_HINT = range(7)
+_NI = 7
+
+
+@numba.njit(cache=True)
+def _alive_count_near(d_row, nz, A, s, hint):
+    """:func:`_alive_count`, searched by galloping from ``hint`` (same result)."""
+    if hint > nz:
+        hint = nz
+    if hint < 0:
+        hint = 0
+    # invariant: alive for l < lo, dead for l >= hi
+    if hint < nz and A * d_row[hint] < s:
+        lo = hint + 1
+        step = 1
+        while True:
+            probe = lo + step - 1
+            if probe >= nz:
+                hi = nz
+                break
+            if A * d_row[probe] < s:
+                lo = probe + 1
+                step *= 2
+            else:
+                hi = probe
+                break
+    else:
+        hi = hint
+        step = 1
+        while True:
+            probe = hi - step
+            if probe < 0:
+                lo = 0
+                break
+            if A * d_row[probe] < s:
+                lo = probe + 1
+                break
+            hi = probe
+            step *= 2
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if A * d_row[mid] < s:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@numba.njit(cache=True)
+def _solve2(a, b, c, d, r0, r1):
+    """Solve [[a, b], [c, d]] x = (r0, r1) by Gaussian elimination with pivoting."""
+    if abs(c) > abs(a):
+        a, b, c, d = c, d, a, b
+        r0, r1 = r1, r0
+    m = c / a
+    x1 = (r1 - m * r0) / (d - m * b)
+    return (r0 - b * x1) / a, x1
+
+
+@numba.njit(cache=True)
+def _eval_f(d_row, nz, p1, p2, c_fb, lam_l1, A, s, ist_row):
+    k = _alive_count_near(d_row, nz, A, s, ist_row[_I_HINT])
+    ist_row[_I_HINT] = k
+    ist_row[_I_NFEV] += 1
+    return _row_force(k, p1[k], p2[k], A, s, c_fb, lam_l1)
+
+
+@numba.njit(cache=True)
+def _eval_jac(d_row, nz, p1, p2, c_fb, A, s, ist_row, fs_row):
+    k = _alive_count_near(d_row, nz, A, s, ist_row[_I_HINT])
+    ist_row[_I_HINT] = k
+    ist_row[_I_NJEV] += 1
+    jaa, jas, jsa, jss = _row_jac(k, p1[k], p2[k], A, s, c_fb)
+    fs_row[_F_J] = jaa
+    fs_row[_F_J + 1] = jas
+    fs_row[_F_J + 2] = jsa
+    fs_row[_F_J + 3] = jss
+
+
+@numba.njit(cache=True)
+def _collocation(d_row, nz, p1, p2, c_fb, lam_l1, fs_row, ist_row, h, Z0, scA, scS,
+                 newton_tol, Z, W, F, dW):
+    """scipy's solve_collocation_system for one row: Z (3, 2) written.
+
+    Returns (converged, n_iter, rate, nonfinite); rate is NaN after one iteration.
+    """
+    yA = fs_row[_F_A]
+    yS = fs_row[_F_S]
+    jaa = fs_row[_F_J]
+    jas = fs_row[_F_J + 1]
+    jsa = fs_row[_F_J + 2]
+    jss = fs_row[_F_J + 3]
+    m_real = _MU_REAL / h
+    m_cplx = _MU_COMPLEX / h
+    for r in range(3):
+        for j in range(2):
+            W[r, j] = _RTI[r, 0] * Z0[0, j] + _RTI[r, 1] * Z0[1, j] + _RTI[r, 2] * Z0[2, j]
+            Z[r, j] = Z0[r, j]
+    dw_norm_old = -1.0
+    rate = np.nan
+    converged = False
+    nonfinite = False
+    k = 0
+    for k in range(_NEWTON_MAXITER):
+        for r in range(3):
+            fa, fsv = _eval_f(d_row, nz, p1, p2, c_fb, lam_l1, yA + Z[r, 0], yS + Z[r, 1],
+                              ist_row)
+            F[r, 0] = fa
+            F[r, 1] = fsv
+        if not (np.isfinite(F[0, 0]) and np.isfinite(F[0, 1]) and np.isfinite(F[1, 0])
+                and np.isfinite(F[1, 1]) and np.isfinite(F[2, 0]) and np.isfinite(F[2, 1])):
+            nonfinite = True
+            break
+        fr0 = F[0, 0] * _RTI[0, 0] + F[1, 0] * _RTI[0, 1] + F[2, 0] * _RTI[0, 2] - m_real * W[0, 0]
+        fr1 = F[0, 1] * _RTI[0, 0] + F[1, 1] * _RTI[0, 1] + F[2, 1] * _RTI[0, 2] - m_real * W[0, 1]
+        fc0 = (F[0, 0] * _RTI_COMPLEX[0] + F[1, 0] * _RTI_COMPLEX[1] + F[2, 0] * _RTI_COMPLEX[2]
+               - m_cplx * (W[1, 0] + 1j * W[2, 0]))
+        fc1 = (F[0, 1] * _RTI_COMPLEX[0] + F[1, 1] * _RTI_COMPLEX[1] + F[2, 1] * _RTI_COMPLEX[2]
+               - m_cplx * (W[1, 1] + 1j * W[2, 1]))
+        xr0, xr1 = _solve2(m_real - jaa, -jas, -jsa, m_real - jss, fr0, fr1)
+        xc0, xc1 = _solve2(m_cplx - jaa, -jas + 0j, -jsa + 0j, m_cplx - jss, fc0, fc1)
+        dW[0, 0] = xr0
+        dW[0, 1] = xr1
+        dW[1, 0] = xc0.real
+        dW[1, 1] = xc1.real
+        dW[2, 0] = xc0.imag
+        dW[2, 1] = xc1.imag
+        acc = 0.0
+        for r in range(3):
+            acc += (dW[r, 0] / scA) ** 2 + (dW[r, 1] / scS) ** 2
+        dw_norm = np.sqrt(acc / 6.0)
+        if dw_norm_old >= 0.0:
+            rate = dw_norm / dw_norm_old
+        if rate == rate and (rate >= 1.0 or rate ** (_NEWTON_MAXITER - k) / (1.0 - rate)
+                             * dw_norm > newton_tol):
+            break
+        for r in range(3):
+            for j in range(2):
+                W[r, j] += dW[r, j]
+        for r in range(3):
+            for j in range(2):
+                Z[r, j] = _RT[r, 0] * W[0, j] + _RT[r, 1] * W[1, j] + _RT[r, 2] * W[2, j]
+        if dw_norm == 0.0 or (rate == rate and rate / (1.0 - rate) * dw_norm < newton_tol):
+            converged = True
+            break
+        dw_norm_old = dw_norm
+    return converged, k + 1, rate, nonfinite
+
+
+@numba.njit(cache=True)
+def _predict_factor(h_abs, h_abs_old, error_norm, error_norm_old):
+    """scipy's predict_factor; NaN stands for None."""
+    if error_norm_old != error_norm_old or h_abs_old != h_abs_old or error_norm == 0.0:
+        multiplier = 1.0
+    else:
+        multiplier = h_abs / h_abs_old * (error_norm_old / error_norm) ** 0.25
+    if error_norm == 0.0:
+        return np.inf
+    return min(1.0, multiplier) * error_norm ** -0.25
+
+
+@numba.njit(cache=True)
+def _dense_guess(fs_row, t, h, Z0):
+    """Z0[r] = (dense output of the last step at t + h C_r) - y; zeros without one."""
+    hp = fs_row[_F_HPREV]
+    for r in range(3):
+        if hp > 0.0:
+            x = (t + h * _RC[r] - fs_row[_F_TOLD]) / hp
+            x2 = x * x
+            x3 = x2 * x
+            for j in range(2):
+                q = fs_row[_F_Q + 3 * j: _F_Q + 3 * j + 3]
+                y_old = fs_row[_F_YOLD_A + j]
+                Z0[r, j] = y_old + q[0] * x + q[1] * x2 + q[2] * x3 - fs_row[_F_A + j]
+        else:
+            Z0[r, 0] = 0.0
+            Z0[r, 1] = 0.0
+
+
+@numba.njit(cache=True)
+def _radau_init(d, nz, P1, P2, c_fb, lam_l1, rtol, atol, a1, t_bound, ev_d, fs, ist):
+    """Initial state of every row at t = 0: derivative, Jacobian, first step.
+
+    fs : (n, _NF), ist : (n, _NI), written. The first step is scipy's
+    select_initial_step (error order 3) on the interval (0, t_bound).
+    """
+    for i in range(nz.size):
+        fr = fs[i]
+        ir = ist[i]
+        for j in range(_NF):
+            fr[j] = 0.0
+        for j in range(_NI):
+            ir[j] = 0
+        fr[_F_A] = 1.0
+        fr[_F_S] = a1[i]
+        fr[_F_HOLD] = np.nan
+        fr[_F_EOLD] = np.nan
+        fr[_F_TEND] = t_bound
+        fr[_F_EVD] = ev_d[i]
+        ir[_I_HINT] = nz[i]
+        d_row, p1, p2 = d[i], P1[i], P2[i]
+        y0A, y0S = 1.0, a1[i]
+        f0A, f0S = _eval_f(d_row, nz[i], p1, p2, c_fb, lam_l1, y0A, y0S, ir)
+        fr[_F_FA] = f0A
+        fr[_F_FS] = f0S
+        _eval_jac(d_row, nz[i], p1, p2, c_fb, y0A, y0S, ir, fr)
+        ir[_I_CURJAC] = 1
+        if t_bound == 0.0:
+            fr[_F_H] = 0.0
+            continue
+        scA = atol + abs(y0A) * rtol
+        scS = atol + abs(y0S) * rtol
+        d0 = np.sqrt(((y0A / scA) ** 2 + (y0S / scS) ** 2) / 2.0)
+        d1 = np.sqrt(((f0A / scA) ** 2 + (f0S / scS) ** 2) / 2.0)
+        if d0 < 1e-5 or d1 < 1e-5:
+            h0 = 1e-6
+        else:
+            h0 = 0.01 * d0 / d1
+        h0 = min(h0, t_bound)
+        f1A, f1S = _eval_f(d_row, nz[i], p1, p2, c_fb, lam_l1, y0A + h0 * f0A,
+                           y0S + h0 * f0S, ir)
+        d2 = np.sqrt((((f1A - f0A) / scA) ** 2 + ((f1S - f0S) / scS) ** 2) / 2.0) / h0
+        if d1 <= 1e-15 and d2 <= 1e-15:
+            h1 = max(1e-6, h0 * 1e-3)
+        else:
+            h1 = (0.01 / max(d1, d2)) ** (1.0 / 4.0)
+        fr[_F_H] = min(100.0 * h0, h1, t_bound)
+
+
+@numba.njit(cache=True)
+def _radau_advance(d, nz, P1, P2, c_fb, lam_l1, rtol, atol, save_t, max_steps, fs, ist,
+                   out_A, out_s):
+    """Advance every running row by at most ``max_steps`` accepted steps.
+
+    A row runs until its phase end fs[i, _F_TEND] (status _DONE), its event (the
+    weight ``s - A * fs[i, _F_EVD]`` reaching 0; status _EVENT, the row then sits
+    exactly at the event time) or a failure (negative status). Each row writes its
+    state at every save time it reaches into out_A, out_s (T, n).
+
+    Returns
+    -------
+    int
+        Accepted steps taken in this call.
+    """
+    newton_tol = max(10.0 * 2.220446049250313e-16 / rtol, min(0.03, rtol ** 0.5))
+    n_save = save_t.size
+    Z0 = np.empty((3, 2))
+    Z = np.empty((3, 2))
+    Zt = np.empty((3, 2))
+    W = np.empty((3, 2))
+    F = np.empty((3, 2))
+    dW = np.empty((3, 2))
+    taken = 0
+    for i in range(nz.size):
+        fr = fs[i]
+        ir = ist[i]
+        if ir[_I_STATUS] != _RUNNING:
+            continue
+        d_row, nzi, p1, p2 = d[i], nz[i], P1[i], P2[i]
+        t_end = fr[_F_TEND]
+        ev = fr[_F_EVD]
+        for _ in range(max_steps):
+            t = fr[_F_T]
+            if t >= t_end:
+                ir[_I_STATUS] = _DONE
+                break
+            yA = fr[_F_A]
+            yS = fr[_F_S]
+            fA = fr[_F_FA]
+            fS = fr[_F_FS]
+            min_step = 10.0 * abs(np.nextafter(t, np.inf) - t)
+            h_abs = fr[_F_H]
+            h_abs_old = fr[_F_HOLD]
+            error_norm_old = fr[_F_EOLD]
+            if h_abs < min_step:
+                h_abs = min_step
+                h_abs_old = np.nan
+                error_norm_old = np.nan
+            target = t_end
+            j_save = ir[_I_SAVE]
+            if j_save < n_save and save_t[j_save] < target:
+                target = save_t[j_save]
+            current_jac = ir[_I_CURJAC] == 1
+            rejected = False
+            failed = 0
+            nonfinite = False
+            h = 0.0
+            h_pre = 0.0
+            clipped = False
+            t_new = t
+            n_iter = 0
+            rate = np.nan
+            error_norm = 0.0
+            safety = 0.0
+            while True:
+                if h_abs < min_step:
+                    failed = _FAIL_NONFINITE if nonfinite else _FAIL_STEP
+                    break
+                h_pre = h_abs
+                t_new = t + h_abs
+                clipped = t_new > target
+                if clipped:
+                    t_new = target
+                h = t_new - t
+                h_abs = h
+                _dense_guess(fr, t, h, Z0)
+                scA = atol + abs(yA) * rtol
+                scS = atol + abs(yS) * rtol
+                converged = False
+                while not converged:
+                    converged, n_iter, rate, nonfinite = _collocation(
+                        d_row, nzi, p1, p2, c_fb, lam_l1, fr, ir, h, Z0, scA, scS,
+                        newton_tol, Z, W, F, dW)
+                    if not converged:
+                        if current_jac:
+                            break
+                        _eval_jac(d_row, nzi, p1, p2, c_fb, yA, yS, ir, fr)
+                        current_jac = True
+                if not converged:
+                    h_abs *= 0.5
+                    continue
+                nA = yA + Z[2, 0]
+                nS = yS + Z[2, 1]
+                zeA = (Z[0, 0] * _RE[0] + Z[1, 0] * _RE[1] + Z[2, 0] * _RE[2]) / h
+                zeS = (Z[0, 1] * _RE[0] + Z[1, 1] * _RE[1] + Z[2, 1] * _RE[2]) / h
+                m_real = _MU_REAL / h
+                jaa, jas, jsa, jss = fr[_F_J], fr[_F_J + 1], fr[_F_J + 2], fr[_F_J + 3]
+                eA, eS = _solve2(m_real - jaa, -jas, -jsa, m_real - jss, fA + zeA, fS + zeS)
+                scA = atol + max(abs(yA), abs(nA)) * rtol
+                scS = atol + max(abs(yS), abs(nS)) * rtol
+                error_norm = np.sqrt(((eA / scA) ** 2 + (eS / scS) ** 2) / 2.0)
+                safety = 0.9 * (2 * _NEWTON_MAXITER + 1) / (2 * _NEWTON_MAXITER + n_iter)
+                if rejected and error_norm > 1.0:
+                    gA, gS = _eval_f(d_row, nzi, p1, p2, c_fb, lam_l1, yA + eA, yS + eS, ir)
+                    eA, eS = _solve2(m_real - jaa, -jas, -jsa, m_real - jss,
+                                     gA + zeA, gS + zeS)
+                    error_norm = np.sqrt(((eA / scA) ** 2 + (eS / scS) ** 2) / 2.0)
+                if error_norm > 1.0:
+                    factor = _predict_factor(h_abs, h_abs_old, error_norm, error_norm_old)
+                    h_abs *= max(_MIN_FACTOR, safety * factor)
+                    rejected = True
+                else:
+                    break
+            if failed != 0:
+                ir[_I_STATUS] = failed
+                break
+            recompute_jac = n_iter > 2 and rate > 1e-3
+            factor = _predict_factor(h_abs, h_abs_old, error_norm, error_norm_old)
+            factor = min(_MAX_FACTOR, safety * factor)
+            if not recompute_jac and factor < 1.2:
+                factor = 1.0
+            h_next = h_abs * factor
+            if clipped and h_pre > h_next:
+                h_next = h_pre
+            event = ev == ev and nS - nA * ev <= 0.0
+            if event:
+                # redo the step with the length that ends it on the event
+                for j in range(2):
+                    for c in range(3):
+                        fr[_F_Q + 3 * j + c] = (Z[0, j] * _RP[0, c] + Z[1, j] * _RP[1, c]
+                                                + Z[2, j] * _RP[2, c])
+                fr[_F_TOLD] = t
+                fr[_F_YOLD_A] = yA
+                fr[_F_YOLD_S] = yS
+                fr[_F_HPREV] = h
+                lo = 0.0
+                g_lo = yS - yA * ev
+                hi = h
+                g_hi = nS - nA * ev
+                side = 0
+                scA = atol + abs(yA) * rtol
+                scS = atol + abs(yS) * rtol
+                for _it in range(_EVENT_MAXITER):
+                    if g_hi == 0.0 or hi - lo <= _EVENT_RTOL * abs(t + hi):
+                        break
+                    ht = hi - g_hi * (hi - lo) / (g_hi - g_lo)
+                    if not (lo < ht < hi) or t + ht == t + lo or t + ht == t + hi:
+                        ht = 0.5 * (lo + hi)
+                    if not (t + lo < t + ht < t + hi):
+                        break
+                    _dense_guess(fr, t, ht, Z0)
+                    ok, _n, _r, _nf = _collocation(d_row, nzi, p1, p2, c_fb, lam_l1, fr,
+                                                   ir, ht, Z0, scA, scS, newton_tol, Zt, W,
+                                                   F, dW)
+                    if not ok and not current_jac:
+                        _eval_jac(d_row, nzi, p1, p2, c_fb, yA, yS, ir, fr)
+                        current_jac = True
+                        ok, _n, _r, _nf = _collocation(d_row, nzi, p1, p2, c_fb, lam_l1,
+                                                       fr, ir, ht, Z0, scA, scS,
+                                                       newton_tol, Zt, W, F, dW)
+                    if not ok:
+                        failed = _FAIL_EVENT
+                        break
+                    g_t = (yS + Zt[2, 1]) - (yA + Zt[2, 0]) * ev
+                    if g_t > 0.0:
+                        lo = ht
+                        g_lo = g_t
+                        if side == 1:
+                            g_hi *= 0.5
+                        side = 1
+                    else:
+                        hi = ht
+                        g_hi = g_t
+                        for r in range(3):
+                            Z[r, 0] = Zt[r, 0]
+                            Z[r, 1] = Zt[r, 1]
+                        if side == -1:
+                            g_lo *= 0.5
+                        side = -1
+                if failed != 0:
+                    ir[_I_STATUS] = failed
+                    break
+                h = hi
+                t_new = t + hi
+                nA = yA + Z[2, 0]
+                nS = yS + Z[2, 1]
+            fnA, fnS = _eval_f(d_row, nzi, p1, p2, c_fb, lam_l1, nA, nS, ir)
+            if recompute_jac:
+                _eval_jac(d_row, nzi, p1, p2, c_fb, nA, nS, ir, fr)
+                current_jac = True
+            else:
+                current_jac = False
+            # dense output of the accepted step
+            for j in range(2):
+                for c in range(3):
+                    fr[_F_Q + 3 * j + c] = (Z[0, j] * _RP[0, c] + Z[1, j] * _RP[1, c]
+                                            + Z[2, j] * _RP[2, c])
+            fr[_F_TOLD] = t
+            fr[_F_YOLD_A] = yA
+            fr[_F_YOLD_S] = yS
+            fr[_F_HPREV] = h
+            fr[_F_HOLD] = fr[_F_H]
+            fr[_F_EOLD] = error_norm
+            fr[_F_H] = h_next
+            fr[_F_T] = t_new
+            fr[_F_A] = nA
+            fr[_F_S] = nS
+            fr[_F_FA] = fnA
+            fr[_F_FS] = fnS
+            ir[_I_CURJAC] = 1 if current_jac else 0
+            ir[_I_STEPS] += 1
+            taken += 1
+            while j_save < n_save and save_t[j_save] <= t_new:
+                out_A[j_save, i] = nA
+                out_s[j_save, i] = nS
+                j_save += 1
+            ir[_I_SAVE] = j_save
+            if event:
+                ir[_I_STATUS] = _EVENT
+                break
+            if t_new >= t_end:
+                ir[_I_STATUS] = _DONE
+                break
+    return taken
 
 
 # ----------------------------------------------------------------- NumPy references

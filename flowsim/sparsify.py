@@ -38,7 +38,7 @@ def parser():
     a("--init-std", type=float, default=None, help="initial weight std (default 0.9/√m, as in the paper)")
     a("--c", type=float, default=1.0, help="force scale c (1 = paper, 4 = exact gradient flow)")
     a("--seed", type=int, default=0, help="seed of the initial weights (default 0)")
-    a("--saves", type=int, default=200, help="number of log-spaced save times (default 200)")
+    a("--saves", type=int, default=400, help="number of log-spaced save times before snapping to the dt grid (default 400)")
     a("--out", type=Path, default=Path("figures"), help="output folder (default figures/)")
     a("--compare", action="store_true", help="overlay the exact reduced solution")
     a("--no-plot", action="store_true", help="write CSV and JSON only")
