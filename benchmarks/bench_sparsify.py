@@ -236,7 +236,8 @@ def main(argv=None):
 
 def report(data):
     mach, cfg = data["machine"], data["config"]
-    print(f"flowsim {data['flowsim_version']} | {mach.get('cpu_model')} x{mach['cpu_count']} | "
+    print(f"flowsim {data['flowsim_version']} ({mach.get('flowsim_git_commit')}) | "
+          f"{mach.get('cpu_model')} x{mach['cpu_count']} | "
           f"numpy {mach['numpy']}, numba {mach['numba']}, scipy {mach['scipy']} | {data['date_utc']}"
           f"{' | QUICK sizes' if data['quick'] else ''}")
     print(f"one row, m={cfg['m']}, lam={cfg['lam']:g}, init std 0.9/sqrt(m), seed {cfg['seed']}, "
@@ -254,9 +255,9 @@ def report(data):
                  "max|dm'| vs base (times differing/common)"], rows)
     e = data["runs"].get(f"euler_dt{cfg['dt']:g}")
     if e:
-        print(f"sum of m' over the baseline's steps = {base['active_updates']:.4g} active updates: "
-              f"{1e9 * base['seconds'] / base['active_updates']:.2f} ns each in the baseline, "
-              f"{1e9 * e['seconds'] / base['active_updates']:.2f} ns in flowsim euler (same trajectory)")
+        print(f"sum of m' over the baseline's steps = {base['active_updates']:.4g}; wall time per unit: "
+              f"{1e9 * base['seconds'] / base['active_updates']:.2f} ns baseline, "
+              f"{1e9 * e['seconds'] / base['active_updates']:.2f} ns flowsim euler (same trajectory)")
     if data.get("fine_capped"):
         print(f"NOTE: dt={cfg['fine_dt']:g} runs were capped at t={data['fine_t_max']:g}")
     red = data["runs"].get("reduced")

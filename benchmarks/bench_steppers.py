@@ -76,6 +76,13 @@ def machine_info():
         info["cpu_model"] = names[0] if names else None
     except OSError:
         pass
+    try:  # read-only: the commit the flowsim source tree is at (uncommitted edits not shown)
+        src = os.path.dirname(os.path.abspath(flowsim.__file__))
+        info["flowsim_git_commit"] = subprocess.run(
+            ["git", "-C", src, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+            timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        info["flowsim_git_commit"] = None
     try:
         info["blas"] = np.show_config(mode="dicts")["Build Dependencies"]["blas"]["name"]
     except Exception:  # older NumPy: no dict mode
@@ -397,7 +404,8 @@ COMPILE_HEADER = ["engine-method", "cold 1st call s", "warm-cache 1st s", "compi
 
 def report(data):
     mach = data["machine"]
-    print(f"flowsim {data['flowsim_version']} | {mach.get('cpu_model')} x{mach['cpu_count']} | "
+    print(f"flowsim {data['flowsim_version']} ({mach.get('flowsim_git_commit')}) | "
+          f"{mach.get('cpu_model')} x{mach['cpu_count']} | "
           f"numpy {mach['numpy']}, numba {mach['numba']}, scipy {mach['scipy']} | {data['date_utc']}"
           f"{' | QUICK sizes' if data['quick'] else ''}")
     d = data["dense"]

@@ -96,8 +96,8 @@ def simulate(
     save_at=None,
     snapshots=False,
     stop=None,
-    rtol=1e-8,
-    atol=1e-10,
+    rtol=None,
+    atol=None,
     sparse_below=0.15,
     progress=False,
 ):
@@ -123,8 +123,9 @@ def simulate(
         Also keep a copy of W at every save time (memory T·n·m).
     stop : Stop, optional
         Early-stopping rules.
-    rtol, atol : float
-        Tolerances of the ``solve_ivp`` and ``reduced`` methods.
+    rtol, atol : float, optional
+        Tolerances of the ``solve_ivp`` methods (default 1e-8, 1e-10) and of
+        ``reduced`` (default 1e-10, 1e-13).
     sparse_below : float
         Explicit methods with interference and L1: switch to the sparse working-set
         engine once at most this fraction of weights is nonzero (0 keeps the dense
@@ -158,8 +159,9 @@ def simulate(
         dt = None
     if stop is not None and not isinstance(stop, Stop):
         raise invalid("stop", type(stop).__name__, "must be a flowsim.Stop or None")
-    rtol = check_float("rtol", rtol, positive=True)
-    atol = check_float("atol", atol, positive=True)
+    exact = method == "reduced"
+    rtol = check_float("rtol", (1e-10 if exact else 1e-8) if rtol is None else rtol, positive=True)
+    atol = check_float("atol", (1e-13 if exact else 1e-10) if atol is None else atol, positive=True)
     W = model.initial_weights() if W0 is None else model.check_weights(W0)
     times = _save_times(save_at, t_max, dt if method in EXPLICIT_METHODS else None)
     if method == "reduced":
