@@ -32,7 +32,7 @@ import flowsim  # noqa: E402
 from flowsim import Model, Stop, simulate  # noqa: E402
 from flowsim.io import write_json  # noqa: E402
 
-from _common import machine_info  # noqa: E402
+from bench_steppers import machine_info  # noqa: E402
 
 FULL = dict(n=256, m=4096, lam=0.01, dt=0.1, tol=1e-6, window=50.0, seed=0, t_cap=1e4)
 QUICK = dict(n=64, m=512, lam=0.01, dt=0.1, tol=1e-6, window=50.0, seed=0, t_cap=1e4)

@@ -38,6 +38,7 @@ import numpy as np
 import flowsim
 from flowsim import Model, simulate
 from flowsim.forces import reference_step
+from flowsim.io import write_json
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 METHODS = ("euler", "heun", "rk4")
@@ -91,28 +92,8 @@ def machine_info():
 
 
 def write_json_atomic(path, data):
-    """Write JSON to ``path`` via a temporary file in the same directory and os.replace."""
-    path = os.path.abspath(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, default=_json_default)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _json_default(obj):
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    raise TypeError(type(obj).__name__)
+    """Write JSON to ``path`` atomically (``flowsim.io.write_json``: temp file + os.replace)."""
+    write_json(path, data)
 
 
 def best_of(fn, repeats):

@@ -85,7 +85,7 @@ def main(argv=None):
     if message:
         sys.stderr.write(f"{PROG}: error: {message}\n")
     if not args.quiet:
-        _print_summary(summary, traj, args.out)
+        _print_summary(summary, traj, args.out, args.no_plot)
     return status
 
 
@@ -136,7 +136,7 @@ def write(traj, compare, args, summary):
                     extra_metadata={"summary": summary, "figures": files, "command": PROG})
 
 
-def _print_summary(s, traj, out):
+def _print_summary(s, traj, out, no_plot):
     t1 = np.array(s["time_to_nnz_1"], dtype=float)
     reached = np.isfinite(t1)
     line = (f"time to m'=1: {np.nanmean(t1):.6g}" + (f" (mean over {reached.sum()} rows)" if t1.size > 1 else "")
@@ -146,7 +146,8 @@ def _print_summary(s, traj, out):
           f"({traj.stats.steps} steps, {traj.method}); peak memory {s['peak_rss_mib']:.0f} MiB")
     if "compare_max_rel_diff_l1" in s:
         print(f"max relative difference in ||W||_1 vs exact reduced solution: {s['compare_max_rel_diff_l1']:.3g}")
-    print(f"wrote {out}/ (figure2_sparsify.png, figure6_relvar.png, sparsify.csv, sparsify.json, sparsify_W.npz)")
+    figs = "" if no_plot else "figure2_sparsify.png, figure6_relvar.png, "
+    print(f"wrote {out}/ ({figs}sparsify.csv, sparsify.json, sparsify_W.npz)")
 
 
 if __name__ == "__main__":
