@@ -299,15 +299,15 @@ def _progress_bar(enabled, t_max, method):
                 bar_format="{l_bar}{bar}| t={n:.4g}/{total:.4g} [{elapsed}<{remaining}]")
 
 
-def _warm_up(engine_type, model, method):
+def _warm_up(engine_type, model, method, **changes):
     """Compile (or load from numba's cache) an engine's kernels on a 2×2 problem.
 
     Returns the seconds it took, reported as compile time, so that run times are warm.
     """
     tick = time.perf_counter()
-    tiny = model.replace(n=2, m=2, init_std=0.5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        tiny = model.replace(n=2, m=2, init_std=0.5, **changes)
         W = tiny.initial_weights()
         if engine_type is _DenseEngine:  # dense phase, then the sparse hand-over
             engines = [_DenseEngine(W.copy(), tiny, method), _DenseEngine(W, tiny, method, 1.0)]
@@ -601,7 +601,7 @@ def _run_ivp(model, W, times, method, dt, stop, snapshots, progress, options):
     stop_nnz = None if stop is None else stop.max_nnz
     bar = _progress_bar(progress, t_max, method)
     interrupt = _Interrupt()
-    comp = _warm_up(_DenseEngine, model.replace(l1=True), "rk4")
+    comp = _warm_up(_DenseEngine, model, "rk4", l1=True)
     wall0 = time.perf_counter()
     last_t = [0.0, time.perf_counter()]
     stuck = np.zeros(W.shape, dtype=bool)
