@@ -45,7 +45,7 @@ from flowsim import Model, Stop, simulate  # noqa: E402
 from flowsim.integrate import default_save_times  # noqa: E402
 
 from bench_steppers import (  # noqa: E402  (shared benchmark helpers)
-    COMPILE_HEADER, compile_rows, compile_times, fmt, interleaved, machine_info, print_table, write_json_atomic)
+    COMPILE_HEADER, compile_rows, compile_times, finish, fmt, interleaved, machine_info, print_table)
 
 #: t_cap bounds every run (all of them stop earlier, at m′ = 1); saves are 200 log-spaced
 #: times up to t_cap on the dt grid (``flowsim.integrate.default_save_times``).
@@ -226,12 +226,7 @@ def main(argv=None):
         rec["baseline_nnz_vs_reduced"] = compare(base_t, base["nnz"], red_coarse.t, red_coarse.nnz[:, 0], grid)
         runs["reduced"] = rec
     data["runs"] = runs
-    data["total_seconds"] = time.perf_counter() - t_start
-    if hasattr(os, "getloadavg"):
-        data["load_average_at_end"] = list(os.getloadavg())
-    write_json_atomic(args.json, data)
-    report(data)
-    print(f"\nwrote {args.json} ({data['total_seconds']:.1f} s)")
+    finish(data, args.json, t_start, report)
 
 
 def report(data):

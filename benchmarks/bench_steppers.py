@@ -359,12 +359,17 @@ def main(argv=None):
     data["compile"] = compile_section()
     data["dense"] = bench_dense(cfg, args.repeats)
     data["row"] = bench_row(cfg, args.repeats)
+    finish(data, args.json, t_start, report)
+
+
+def finish(data, path, t_start, report):
+    """Record the total time and load, write the JSON atomically and print the report."""
     data["total_seconds"] = time.perf_counter() - t_start
     if hasattr(os, "getloadavg"):
         data["load_average_at_end"] = list(os.getloadavg())
-    write_json_atomic(args.json, data)
+    write_json_atomic(path, data)
     report(data)
-    print(f"\nwrote {args.json} ({data['total_seconds']:.1f} s)")
+    print(f"\nwrote {path} ({data['total_seconds']:.1f} s)")
 
 
 def compile_rows(compile_data):

@@ -1,0 +1,25 @@
+"""The benchmark scripts still run (at their --quick sizes) and write their JSON."""
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+BENCH = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.mark.parametrize("script, extra", [("bench_polysemantic.py", ["--no-torch"]),
+                                           ("bench_sparsify.py", ["--repeats", "1"])])
+def test_benchmark_script_quick(script, extra, tmp_path):
+    out = tmp_path / "r.json"
+    r = subprocess.run([sys.executable, str(BENCH / script), "--quick", "--json", str(out), *extra],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert data["machine"]["cpu_count"] >= 1
+    if script == "bench_polysemantic.py":
+        assert data["identical_supports"] is True
+        assert data["ratio_numpy_over_flowsim"] > 1
+    else:
+        assert data["runs"]["euler_dt0.5"]["nnz_vs_baseline"]["differing_times"] == 0
