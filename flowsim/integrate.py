@@ -170,11 +170,16 @@ def simulate(
         from .reduced import solve_reduced
 
         reduced_model = model.replace(interference=False) if model.interference else model
-        traj = solve_reduced(
-            reduced_model, W, times, rtol=rtol, atol=atol,
-            max_nnz=None if stop is None else stop.max_nnz, snapshots=snapshots,
-            progress=_reduced_progress(progress, t_max),
-        )
+        bar = _progress_bar(progress, t_max, method)
+        try:
+            traj = solve_reduced(
+                reduced_model, W, times, rtol=rtol, atol=atol,
+                max_nnz=None if stop is None else stop.max_nnz, snapshots=snapshots,
+                progress=None if bar is None else (lambda t: bar.update(min(t, t_max) - bar.n)),
+            )
+        finally:
+            if bar is not None:
+                bar.close()
         return dataclasses.replace(traj, model=model) if reduced_model is not model else traj
     run = _run_explicit if method in EXPLICIT_METHODS else _run_ivp
     options = dict(rtol=rtol, atol=atol) if method in IVP_METHODS else {}
@@ -207,19 +212,6 @@ def force(W, model):
     if model.l1:
         K.add_sign_force(W, model.lam, F)
     return F
-
-
-def _reduced_progress(enabled, t_max):
-    bar = _progress_bar(enabled, t_max, "reduced")
-    if bar is None:
-        return None
-
-    def update(t):
-        bar.update(min(t, t_max) - bar.n)
-        if t >= t_max:
-            bar.close()
-
-    return update
 
 
 def _save_times(save_at, t_max, dt):

@@ -21,7 +21,7 @@ import numpy as np
 from . import _cli, metrics, theory
 from ._version import __version__
 from .errors import invalid
-from .integrate import EXPLICIT_METHODS, METHODS, Stop, simulate
+from .integrate import EXPLICIT_METHODS, Stop, simulate
 from .io import write_json
 from .model import Model
 
@@ -87,7 +87,7 @@ def specs_from_args(args):
     """The list of RunSpec of a sweep, validated (one-line errors)."""
     from .sweep import RunSpec
 
-    if args.method not in METHODS or args.method not in EXPLICIT_METHODS:
+    if args.method not in EXPLICIT_METHODS:
         raise invalid("--method", args.method, "must be one of " + ", ".join(EXPLICIT_METHODS))
     if args.seeds < 1:
         raise invalid("--seeds", args.seeds, "must be an integer >= 1")
@@ -102,6 +102,8 @@ def specs_from_args(args):
     if not (args.lam > 0 and math.isfinite(args.lam)):
         raise invalid("--lam", args.lam, "must be a finite number > 0 (L1 drives the sparsification)")
     t_max = args.t_max if args.t_max is not None else 100.0 / args.lam
+    if not (math.isfinite(t_max) and t_max > 0):
+        raise invalid("--t-max", t_max, "must be a finite number > 0")
     specs = []
     for m in args.m:
         for seed in range(args.seed0, args.seed0 + args.seeds):

@@ -72,6 +72,8 @@ def main(argv=None):
         traj = simulate(model, t_max, method=args.method, dt=dt, save_at=save_at, stop=stop,
                         progress=not args.quiet)
     except DivergenceError as err:
+        if err.trajectory is None:  # nothing was saved before the failure
+            _cli.fail(PROG, err, _cli.EXIT_DIVERGED)
         traj, status, message = err.trajectory, _cli.EXIT_DIVERGED, str(err)
     if traj.stats.status == "interrupted":
         status = _cli.EXIT_INTERRUPTED

@@ -64,11 +64,11 @@ def finish_stats(l1, nnz, l2sq, l4, model, interference_sq=None):
         As :func:`row_stats`.
     """
     nnz = np.asarray(nnz, dtype=np.int64)
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        relvar = np.where(nnz > 0, np.maximum(l2sq * nnz / l1**2 - 1.0, 0.0), np.nan)
     loss = np.zeros(np.shape(l1))
-    if model.feature_benefit:
-        loss += (1.0 - l2sq) ** 2
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # near divergence
+        relvar = np.where(nnz > 0, np.maximum(l2sq * nnz / l1**2 - 1.0, 0.0), np.nan)
+        if model.feature_benefit:
+            loss += (1.0 - l2sq) ** 2
     if interference_sq is not None and model.interference:
         loss += interference_sq
     if model.l1:

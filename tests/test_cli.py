@@ -133,6 +133,7 @@ def test_polysemantic_on_dask_matches_local(tmp_path):
         (["--dt", "-1"], "--dt=-1.0"),
         (["--executor", "cloud"], "invalid choice"),
         (["--scheduler", "tcp://x:1"], "--scheduler"),
+        (["--t-max", "-3"], "--t-max=-3.0"),
     ],
 )
 def test_polysemantic_bad_arguments(args, name, tmp_path):
