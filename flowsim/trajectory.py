@@ -32,16 +32,17 @@ def row_stats(W, model: Model) -> dict:
         (terms of switched-off forces dropped; with c = 4 the flow is minus its gradient).
     """
     W = np.asarray(W, dtype=np.float64)
-    l1 = np.abs(W).sum(axis=1)
-    nnz = np.count_nonzero(W, axis=1).astype(np.int64)
-    l2sq = np.einsum("ij,ij->i", W, W)
-    W2 = W * W
-    l4 = np.einsum("ij,ij->i", W2, W2)
     interference_sq = None
-    if model.interference and W.shape[0] > 1:
-        G = np.maximum(W @ W.T, 0.0)
-        np.fill_diagonal(G, 0.0)
-        interference_sq = (G * G).sum(axis=1)
+    with np.errstate(over="ignore", invalid="ignore"):  # inf is the answer near divergence
+        l1 = np.abs(W).sum(axis=1)
+        nnz = np.count_nonzero(W, axis=1).astype(np.int64)
+        l2sq = np.einsum("ij,ij->i", W, W)
+        W2 = W * W
+        l4 = np.einsum("ij,ij->i", W2, W2)
+        if model.interference and W.shape[0] > 1:
+            G = np.maximum(W @ W.T, 0.0)
+            np.fill_diagonal(G, 0.0)
+            interference_sq = (G * G).sum(axis=1)
     return finish_stats(l1, nnz, l2sq, l4, model, interference_sq)
 
 
