@@ -98,10 +98,8 @@ def _prefix_power_sums(x, P1, P2, P3, P4):
 
 
 @numba.njit(cache=True)
-def _alive_count(d_row, nz, A, s):
-    """Number of l < nz with ``A * d_row[l] < s`` (d_row ascending, A > 0)."""
-    lo = 0
-    hi = nz
+def _bisect(d_row, lo, hi, A, s):
+    """First l in [lo, hi) with ``A * d_row[l] >= s`` (hi if none; d_row ascending)."""
     while lo < hi:
         mid = (lo + hi) >> 1
         if A * d_row[mid] < s:
@@ -109,6 +107,12 @@ def _alive_count(d_row, nz, A, s):
         else:
             hi = mid
     return lo
+
+
+@numba.njit(cache=True)
+def _alive_count(d_row, nz, A, s):
+    """Number of l < nz with ``A * d_row[l] < s`` (d_row ascending, A > 0)."""
+    return _bisect(d_row, 0, nz, A, s)
 
 
 @numba.njit(cache=True)
@@ -307,13 +311,7 @@ def _alive_count_near(d_row, nz, A, s, hint):
                 break
             hi = probe
             step *= 2
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if A * d_row[mid] < s:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
+    return _bisect(d_row, lo, hi, A, s)
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -497,6 +495,19 @@ def _radau_init(d, nz, P1, P2, c_fb, lam_l1, rtol, atol, a1, t_bound, ev_d, fs, 
         fr[_F_H] = min(100.0 * h0, h1, t_bound)
 
 
+@numba.njit(cache=True)
+def _save_dense(fr, Z, t, yA, yS, h):
+    """Store the collocation polynomial of the step from t (length h) for dense output."""
+    for j in range(2):
+        for c in range(3):
+            fr[_F_Q + 3 * j + c] = (Z[0, j] * _RP[0, c] + Z[1, j] * _RP[1, c]
+                                    + Z[2, j] * _RP[2, c])
+    fr[_F_TOLD] = t
+    fr[_F_YOLD_A] = yA
+    fr[_F_YOLD_S] = yS
+    fr[_F_HPREV] = h
+
+
 @numba.njit(cache=True, error_model="numpy")
 def _radau_advance(d, nz, P1, P2, c_fb, lam_l1, rtol, atol, save_t, max_steps, fs, ist,
                    out_A, out_s):
@@ -631,14 +642,7 @@ def _radau_advance(d, nz, P1, P2, c_fb, lam_l1, rtol, atol, save_t, max_steps, f
             event = ev == ev and nS - nA * ev <= 0.0
             if event:
                 # redo the step with the length that ends it on the event
-                for j in range(2):
-                    for c in range(3):
-                        fr[_F_Q + 3 * j + c] = (Z[0, j] * _RP[0, c] + Z[1, j] * _RP[1, c]
-                                                + Z[2, j] * _RP[2, c])
-                fr[_F_TOLD] = t
-                fr[_F_YOLD_A] = yA
-                fr[_F_YOLD_S] = yS
-                fr[_F_HPREV] = h
+                _save_dense(fr, Z, t, yA, yS, h)
                 lo = 0.0
                 g_lo = yS - yA * ev
                 hi = h
@@ -697,14 +701,7 @@ def _radau_advance(d, nz, P1, P2, c_fb, lam_l1, rtol, atol, save_t, max_steps, f
             else:
                 current_jac = False
             # dense output of the accepted step
-            for j in range(2):
-                for c in range(3):
-                    fr[_F_Q + 3 * j + c] = (Z[0, j] * _RP[0, c] + Z[1, j] * _RP[1, c]
-                                            + Z[2, j] * _RP[2, c])
-            fr[_F_TOLD] = t
-            fr[_F_YOLD_A] = yA
-            fr[_F_YOLD_S] = yS
-            fr[_F_HPREV] = h
+            _save_dense(fr, Z, t, yA, yS, h)
             fr[_F_HOLD] = fr[_F_H]
             fr[_F_EOLD] = error_norm
             fr[_F_H] = h_next
