@@ -4,6 +4,7 @@ Public API (everything else is internal)::
 
     Model, simulate, Stop, Trajectory, RunStats, METHODS   the engine
     force, row_stats                                       kernels' Python faces
+    save_trajectory, load_trajectory                       results on disk and back
     flowsim.forces      NumPy reference of every force and stepper
     flowsim.theory      the paper's predictions
     flowsim.metrics     polysemanticity metrics
@@ -14,6 +15,7 @@ Public API (everything else is internal)::
 from ._version import __version__
 from .errors import DivergenceError, FlowsimInputError, FlowsimWarning
 from .integrate import METHODS, Stop, force, simulate
+from .io import load_trajectory, save_trajectory
 from .model import Model
 from .trajectory import RunStats, Trajectory, row_stats
 
@@ -28,6 +30,8 @@ __all__ = [
     "Stop",
     "Trajectory",
     "force",
+    "load_trajectory",
     "row_stats",
+    "save_trajectory",
     "simulate",
 ]

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import sys
+import tempfile
 import warnings
+from pathlib import Path
 
-from .errors import FlowsimInputError, FlowsimWarning
+from .errors import FlowsimInputError, FlowsimWarning, invalid
 
 EXIT_OK, EXIT_DIVERGED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -39,3 +42,18 @@ def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MiB (Linux ru_maxrss is KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
+
+
+def check_out_dir(path, name="--out") -> Path:
+    """Create the output folder if needed and check that it can be written, before any
+    computation; raises the one-line FlowsimInputError otherwise."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".flowsim-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise invalid(name, str(path), f"must be a folder that can be created and written "
+                      f"({err.strerror or err})") from None
+    return path

@@ -22,20 +22,35 @@ import numpy as np
 
 _opts = dict(cache=True, nogil=True, error_model="numpy")
 
-STATUS_DONE, STATUS_BUDGET, STATUS_STOP, STATUS_NONFINITE = 0, 1, 2, 3
+STATUS_DONE, STATUS_BUDGET, STATUS_STOP, STATUS_NONFINITE, STATUS_CONVERGED, STATUS_DENSE = range(6)
+
+#: Layout of the ``out`` array every run kernel reads and writes (float64, OUT_SIZE).
+OUT_T, OUT_J, OUT_STATUS, OUT_BAD, OUT_RELEASES, OUT_STREAK, OUT_EVALS = range(7)
+OUT_SIZE = 8
 
 
 @numba.njit(**_opts)
-def start_time(t0, t1, dt, j0):
-    """Time after ``j0`` steps of ``dt`` from ``t0`` (never past ``t1``)."""
-    return min(t0 + j0 * dt, t1) if j0 > 0 else t0
-
-
-@numba.njit(**_opts)
-def step_end(t0, t1, dt, j):
-    """End of step ``j`` on the grid ``t0 + k dt``; the last step is shortened to ``t1``."""
-    t_next = t0 + (j + 1) * dt
+def step_end(j, t1, dt):
+    """End of the step after grid point ``j``: ``(j+1) dt`` on the global grid ``k dt``,
+    or ``t1`` when that is reached (within 1e-9 dt)."""
+    t_next = (j + 1) * dt
     return t1 if t_next >= t1 - 1e-9 * dt else t_next
+
+
+@numba.njit(**_opts)
+def converged_after(changed, rate, t_next, conv_tol, conv_window, out):
+    """Update the convergence streak after a step ending at ``t_next``.
+
+    The rule holds on a step when no support changed and max|ΔW|/Δt <= ``conv_tol``;
+    ``out[OUT_STREAK]`` is the time from which it has held on every step since. Returns
+    True once it has held for ``conv_window`` (``conv_tol <= 0`` disables the rule).
+    """
+    if conv_tol <= 0.0:
+        return False
+    if changed or rate > conv_tol:
+        out[OUT_STREAK] = t_next
+        return False
+    return t_next - out[OUT_STREAK] >= conv_window * (1.0 - 1e-12)
 
 
 @numba.njit(**_opts)
@@ -87,36 +102,85 @@ def rows_materialize(W, u, perm, cnt, A, B, P1, P2, i):
 
 
 @numba.njit(**_opts)
-def rows_run(W, u, perm, cnt, A, B, P1, P2, t0, t1, dt, j0, jmax, a, b, fb, c, lam, stop_nnz, out):
-    """Take explicit steps on all rows from ``t0 + j0 dt`` towards ``t1``.
+def rows_writeback(W, u, perm, cnt, A, B, i):
+    """Write row i's current weights ``sign(W)·(A u - B)`` into W, keeping the lazy state."""
+    a, b = A[i], B[i]
+    for j in range(cnt[i]):
+        v = a * u[i, j] - b
+        col = perm[i, j]
+        W[i, col] = v if W[i, col] > 0.0 else -v
+
+
+@numba.njit(**_opts)
+def rows_reverse_map(W, u, perm, cnt, A, B, P1, P2, i, al, be):
+    """Apply ``|w| <- al|w| - be`` with ``al <= 0`` and frozen signs to row i.
+
+    The map reverses the order of the magnitudes, so the sorted list is rebuilt: the
+    weights with ``al|w| - be > 0`` survive (the smallest ones), the others become 0.
+    """
+    rows_materialize(W, u, perm, cnt, A, B, P1, P2, i)
+    k = cnt[i]
+    uu = u[i, :k].copy()
+    pp = perm[i, :k].copy()
+    q = 0
+    for p in range(k - 1, -1, -1):  # ascending |w| = descending new value
+        v = al * uu[p] - be
+        col = pp[p]
+        if v > 0.0:
+            u[i, q] = v
+            perm[i, q] = col
+            W[i, col] = v if W[i, col] > 0.0 else -v
+            q += 1
+        else:
+            W[i, col] = 0.0
+    qq = q  # keep perm a permutation: the dead columns after the alive ones
+    for p in range(k):
+        if W[i, pp[p]] == 0.0:
+            perm[i, qq] = pp[p]
+            qq += 1
+    cnt[i] = q
+    rows_materialize(W, u, perm, cnt, A, B, P1, P2, i)
+
+
+@numba.njit(**_opts)
+def rows_run(W, u, perm, cnt, A, B, P1, P2, t, j, t1, dt, jmax, a, b, fb, c, lam, flip,
+             stop_nnz, conv_tol, conv_window, out):
+    """Take explicit steps on all rows from time ``t`` (grid index ``j``) towards ``t1``.
 
     Row i keeps its alive magnitudes sorted descending in ``u[i, :cnt[i]]`` (columns
     ``perm``), as they were when last materialised, and the composition of every step's
     map since then, ``|w| = A u - B``; ``P1``, ``P2`` are Σu, Σu² over the alive ones.
     A step is the scalar update of (A, B) plus the deaths at the bottom of the sorted
-    list, O(1 + deaths); the map is materialised when it drifts (A outside [1/2, 2] or
-    B beyond a tenth of the largest weight) and when the call returns, so W is current
-    between calls. Every weight gets the value of the per-weight update
-    ``w ← S_β(α w)`` up to rounding.
+    list, O(1 + deaths); the map is materialised only when it drifts (A outside
+    [1/2, 2] or B beyond a tenth of the largest weight), a rule that depends on the state
+    alone, so results do not depend on where calls or save times fall. W is written
+    (without resetting the map) when the call returns. Every weight gets the value of
+    the per-weight update of ``forces.reference_step`` up to rounding.
 
-    Step ``j`` ends at ``t0 + (j+1) dt``, the last one shortened to end at ``t1``.
+    Steps end on the global grid ``k dt`` (the last one shortened to ``t1``). When
+    ``α <= 0`` (h c |1 - N| >= 1, a step far too large) the map reverses the order of
+    the magnitudes: with ``flip`` (Euler, or L1 off) signs flip as ``S_β(α w)`` does;
+    otherwise signs are frozen and every weight with ``α|w| - β <= 0`` becomes 0.
+
     Stops at ``t1`` (status 0), after ``jmax`` steps (1), when every row has at most
-    ``stop_nnz`` alive weights (2; ``stop_nnz < 0`` disables) or before a step that
-    would produce a non-finite value (3; the state is left at the last finite step).
+    ``stop_nnz`` alive weights (2; ``stop_nnz < 0`` disables), before a step that would
+    produce a non-finite value (3; the state is left at the last finite step), or when
+    the convergence rule of :func:`converged_after` has held for ``conv_window`` (4).
 
-    out : (5,) float64, receives (time reached, step index reached, status, bad row).
+    out : (OUT_SIZE,) float64 (see OUT_*); OUT_STREAK is read and written.
     """
     n = W.shape[0]
     S = b.shape[0]
     Pw = np.empty(S)
     Qw = np.empty(S)
-    j = j0
-    t = start_time(t0, t1, dt, j0)
+    j0 = j
     status = STATUS_DONE
     bad = -1
     while t < t1:
-        t_next = step_end(t0, t1, dt, j)
+        t_next = step_end(j, t1, dt)
         h = t_next - t
+        changed = False
+        rate = 0.0
         for i in range(n):
             k = cnt[i]
             if k == 0:
@@ -128,12 +192,22 @@ def rows_run(W, u, perm, cnt, A, B, P1, P2, t0, t1, dt, j0, jmax, a, b, fb, c, l
             if not (np.isfinite(al) and np.isfinite(be) and abs(al) < 1e150):
                 bad = i
                 break
-            if al <= 0.0:  # α h is huge: w ← S_β(α w) flips every sign (Euler only)
-                rows_materialize(W, u, perm, cnt, A, B, P1, P2, i)
-                for jj in range(k):
-                    W[i, perm[i, jj]] = -W[i, perm[i, jj]]
-                al = -al
-                ai, bi = 1.0, 0.0
+            if conv_tol > 0.0:
+                wmax = ai * u[i, 0] - bi
+                wmin = ai * u[i, k - 1] - bi
+                d = max(abs((al - 1.0) * wmax - be), abs((al - 1.0) * wmin - be))
+                rate = max(rate, d / h)
+            if al <= 0.0:
+                changed = True
+                if flip != 0.0:  # w <- S_β(α w) flips every sign
+                    rows_materialize(W, u, perm, cnt, A, B, P1, P2, i)
+                    for jj in range(k):
+                        W[i, perm[i, jj]] = -W[i, perm[i, jj]]
+                    al = -al
+                    ai, bi = 1.0, 0.0
+                else:
+                    rows_reverse_map(W, u, perm, cnt, A, B, P1, P2, i, al, be)
+                    continue
             ai = al * ai
             bi = al * bi + be
             A[i] = ai
@@ -143,6 +217,7 @@ def rows_run(W, u, perm, cnt, A, B, P1, P2, t0, t1, dt, j0, jmax, a, b, fb, c, l
                 W[i, perm[i, k]] = 0.0
                 P1[i] -= u[i, k]
                 P2[i] -= u[i, k] * u[i, k]
+                changed = True
             cnt[i] = k
             if k == 0:
                 P1[i] = 0.0
@@ -154,6 +229,10 @@ def rows_run(W, u, perm, cnt, A, B, P1, P2, t0, t1, dt, j0, jmax, a, b, fb, c, l
             break
         j += 1
         t = t_next
+        out[OUT_EVALS] += S
+        if converged_after(changed, rate, t, conv_tol, conv_window, out):
+            status = STATUS_CONVERGED
+            break
         if stop_nnz >= 0:
             done = True
             for i in range(n):
@@ -167,11 +246,11 @@ def rows_run(W, u, perm, cnt, A, B, P1, P2, t0, t1, dt, j0, jmax, a, b, fb, c, l
             status = STATUS_BUDGET
             break
     for i in range(n):
-        rows_materialize(W, u, perm, cnt, A, B, P1, P2, i)
-    out[0] = t
-    out[1] = j
-    out[2] = status
-    out[3] = bad
+        rows_writeback(W, u, perm, cnt, A, B, i)
+    out[OUT_T] = t
+    out[OUT_J] = j
+    out[OUT_STATUS] = status
+    out[OUT_BAD] = bad
 
 
 @numba.njit(**_opts)
@@ -457,29 +536,33 @@ def sparse_force(U, widx, wcnt, colrows, colstart, colcnt, fb, c, lam, release, 
 @numba.njit(**_opts)
 def sparse_run(W, U, widx, wcnt, ws, Kc, Fc, newv, colrows, colstart, colcnt, colfill, touched,
                acc, nbr, inlist, pos, cand, candmark, candlist,
-               t0, t1, dt, j0, jmax, a, b, euler, fb, c, lam, stop_nnz, out):
+               t, j, t1, dt, jmax, a, b, euler, fb, c, lam, stop_nnz, dense_above,
+               conv_tol, conv_window, out):
     """Explicit steps with L1 on, on working sets; same contract as :func:`rows_run`.
 
-    ``widx``/``wcnt`` hold each row's support (nonzero entries) between steps; the
-    step semantics are those of ``forces.reference_step`` (Lie splitting for
-    ``euler``, frozen signs with release for the Runge-Kutta methods).
-    out : (5,) float64 receives (time, step index, status, -1, releases so far).
+    ``widx``/``wcnt`` hold each row's support (nonzero entries) between steps, sorted
+    by column, so that the state (and the order of every sum) is a function of W alone;
+    the step semantics are those of ``forces.reference_step`` (Lie splitting for
+    ``euler``, frozen signs with release for the Runge-Kutta methods). Also stops
+    (status 5) after a step that leaves more than ``dense_above`` nonzeros in all, for
+    the caller to go on with the dense engine.
+    out : (OUT_SIZE,) float64 (see OUT_*); OUT_RELEASES counts released zeros.
     """
     n = W.shape[0]
     S = b.shape[0]
-    j = j0
-    t = start_time(t0, t1, dt, j0)
+    j0 = j
     status = STATUS_DONE
     releases = 0
     while t < t1:
-        t_next = step_end(t0, t1, dt, j)
+        t_next = step_end(j, t1, dt)
         h = t_next - t
         for i in range(n):
             for p in range(wcnt[i]):
                 ws[i, p] = 1.0 if W[i, widx[i, p]] > 0.0 else -1.0
         nt = csc_build(widx, wcnt, colcnt, colstart, colfill, colrows, touched)
-        releases += sparse_force(W, widx, wcnt, colrows, colstart, colcnt, fb, c, lam, True, ws, Fc,
-                                 acc, nbr, inlist, pos, cand, candmark, candlist)
+        nrel = sparse_force(W, widx, wcnt, colrows, colstart, colcnt, fb, c, lam, True, ws, Fc,
+                            acc, nbr, inlist, pos, cand, candmark, candlist)
+        releases += nrel
         csc_clear(colcnt, touched, nt)
         if euler:
             thr = h * lam
@@ -531,28 +614,78 @@ def sparse_run(W, U, widx, wcnt, ws, Kc, Fc, newv, colrows, colstart, colcnt, co
             status = STATUS_NONFINITE
             break
         worst = 0
+        total = 0
+        changed = nrel > 0
+        rate = 0.0
         for i in range(n):
             q = 0
+            grew = False
             for p in range(wcnt[i]):
                 k = widx[i, p]
                 v = newv[i, p]
+                if conv_tol > 0.0:
+                    rate = max(rate, abs(v - W[i, k]) / h)
                 W[i, k] = v
                 if v != 0.0:
+                    if q > 0 and k < widx[i, q - 1]:
+                        grew = True
                     widx[i, q] = k
                     q += 1
+                else:
+                    changed = True
             wcnt[i] = q
+            if grew:  # released entries were appended: restore column order
+                widx[i, :q] = np.sort(widx[i, :q])
+            total += q
             if q > worst:
                 worst = q
         j += 1
         t = t_next
+        out[OUT_EVALS] += S
+        if converged_after(changed, rate, t, conv_tol, conv_window, out):
+            status = STATUS_CONVERGED
+            break
         if stop_nnz >= 0 and worst <= stop_nnz:
             status = STATUS_STOP
+            break
+        if total > dense_above:
+            status = STATUS_DENSE
             break
         if t < t1 and j - j0 >= jmax:
             status = STATUS_BUDGET
             break
-    out[0] = t
-    out[1] = j
-    out[2] = status
-    out[3] = -1
-    out[4] += releases
+    out[OUT_T] = t
+    out[OUT_J] = j
+    out[OUT_STATUS] = status
+    out[OUT_BAD] = -1
+    out[OUT_RELEASES] += releases
+
+
+@numba.njit(**_opts)
+def dense_step_summary(W, V, colmask):
+    """Compare a step's start W and end V (both (n, m)).
+
+    Writes ``colmask[k]`` = column k of V holds a nonzero, and returns
+    ``(nonzeros of V, whether the support changed, max |V - W|)``.
+    """
+    n, m = W.shape
+    for k in range(m):
+        colmask[k] = False
+    total = 0
+    changed = False
+    diff = 0.0
+    for i in range(n):
+        for k in range(m):
+            v = V[i, k]
+            w = W[i, k]
+            if v != 0.0:
+                total += 1
+                colmask[k] = True
+                if w == 0.0:
+                    changed = True
+            elif w != 0.0:
+                changed = True
+            d = abs(v - w)
+            if d > diff:
+                diff = d
+    return total, changed, diff

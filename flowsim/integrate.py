@@ -3,38 +3,36 @@
 Methods
 -------
 ``euler``, ``heun``, ``rk4``
-    Fixed-step numba steppers (see ``forces.py`` for their exact definition, including
-    the exact treatment of the L1 sign force). Without interference (or with n = 1)
-    each row runs in O(nonzeros) per step; with interference the dense phase costs two
-    BLAS products per force evaluation, restricted to columns that still hold a nonzero
-    weight (an all-zero column feels no force, so it stays zero exactly).
+    Fixed-step numba steppers (``forces.py`` defines them, including the exact
+    treatment of the L1 sign force), run by the engines of ``_engines.py``. Steps lie
+    on the global grid ``k·dt``: a save time between grid points is reached by an extra
+    step from the grid point before it, taken on a copy, so the run itself never leaves
+    the grid and its numbers do not depend on ``save_at``. Only a ``t_max`` off the grid
+    shortens the last step.
 ``RK45``, ``RK23``, ``DOP853``, ``Radau``, ``BDF``, ``LSODA``
-    ``scipy.integrate.solve_ivp`` on the flattened active weights. With L1 on, the sign
-    pattern is frozen over a segment and a terminal event stops the solver when an
-    active weight reaches 0; that weight is pinned at exactly 0, zeros whose force
-    exceeds λ are released, and the solver restarts. Each restart costs a solver
-    start-up plus O(n·m) work, so a run in which all m weights of a row die costs
-    O(m²): use the numba steppers or ``reduced`` at large m. The implicit methods
-    (Radau, BDF, LSODA) also build a finite-difference Jacobian of size (n·m)².
+    scipy's adaptive solvers on the active weights, restarted at every event of the
+    sign force (``_ivp.py``): an active weight reaching 0, or a pinned zero whose force
+    reaches λ in magnitude. Each restart costs a solver start-up, so a run in which all
+    m weights of a row die costs O(m²): use the numba steppers or ``reduced`` at large m.
 ``reduced``
     Exact interference-free solution (``reduced.py``): a 2-D ODE per row.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import signal
-import threading
+import math
 import time
 import warnings
 
 import numpy as np
 
+from . import _engines
 from . import _kernels as K
-from .errors import DivergenceError, FlowsimWarning, check_float, check_int, invalid
-from .forces import TABLEAUX
+from ._runtime import Interrupt, Progress, Recorder, divergence_error
+from .errors import FlowsimWarning, check_float, check_int, invalid
 from .model import Model
-from .trajectory import RunStats, Trajectory, finish_stats, row_stats
+from .provenance import weights_digest
+from .trajectory import RunStats
 
 EXPLICIT_METHODS = ("euler", "heun", "rk4")
 IVP_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
@@ -42,6 +40,11 @@ METHODS = EXPLICIT_METHODS + IVP_METHODS + ("reduced",)
 
 #: Number of log-spaced save times used when ``save_at`` is not given.
 DEFAULT_SAVES = 200
+#: Default density below which the sparse working-set engine takes a step (measured
+#: dense/sparse crossover at n = 256, m = 2048).
+SPARSE_BELOW = 0.15
+#: A time within this fraction of dt from a grid point k·dt counts as that grid point.
+GRID_TOL = 1e-9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,8 +56,9 @@ class Stop:
     max_nnz : int or None
         Stop as soon as every row has at most this many nonzero weights.
     tol : float or None
-        Stop when, over the last ``window`` of time, no row's support changed and
-        ``max |ΔW| <= tol * window`` (weights move slower than ``tol`` per unit time).
+        Stop once, on every step for a whole ``window`` of time, no row's support
+        changed and ``max |ΔW| / Δt <= tol``; ``stats.t_converged`` is the time from
+        which that held (status ``"converged"``).
     window : float
         Length of the convergence window (time units).
     """
@@ -70,70 +74,60 @@ class Stop:
         object.__setattr__(self, "window", check_float("stop.window", self.window, positive=True))
 
 
-def default_save_times(t_max, dt=None, count=DEFAULT_SAVES):
-    """0, then ``count`` log-spaced times up to ``t_max`` (snapped to the dt grid).
+def default_save_times(t_max, dt=None, count=DEFAULT_SAVES, t0=0.0):
+    """t0, then ``count`` log-spaced times up to ``t_max`` (snapped to the dt grid).
 
     Returns
     -------
     ndarray, shape (T,)
     """
-    first = dt if dt is not None else t_max * 1e-6
-    first = min(first, t_max)
-    ts = np.geomspace(first, t_max, count)
+    span = t_max - t0
+    first = min(dt if dt is not None else span * 1e-6, span)
+    ts = t0 + np.geomspace(first, span, count)
     if dt is not None:
         ts = np.round(ts / dt) * dt
-    ts = np.unique(np.concatenate([[0.0], ts[(ts > 0) & (ts < t_max)], [t_max]]))
-    return ts
+    return np.unique(np.concatenate([[t0], ts[(ts > t0) & (ts < t_max)], [t_max]]))
 
 
-def simulate(
-    model,
-    t_max,
-    *,
-    method="rk4",
-    dt=None,
-    W0=None,
-    save_at=None,
-    snapshots=False,
-    stop=None,
-    rtol=None,
-    atol=None,
-    sparse_below=0.15,
-    progress=False,
-):
-    """Integrate the gradient flow of ``model`` from t = 0 to ``t_max``.
+def simulate(model, t_max, *, method="rk4", dt=None, W0=None, t0=0.0, save_at=None,
+             snapshots=False, stop=None, rtol=None, atol=None, sparse_below=None, progress=False):
+    """Integrate the gradient flow of ``model`` from ``t0`` to ``t_max``.
 
     Parameters
     ----------
     model : Model
     t_max : float
-        Final time (> 0).
+        Final time (> t0).
     method : str
         One of :data:`METHODS`.
     dt : float, optional
-        Step of the explicit methods (default ``0.1 / c``); first step of the
-        ``solve_ivp`` methods; ignored by ``reduced``.
+        Step of the fixed-step methods (default ``0.1 / c``; steps lie on the grid
+        k·dt); first step of the ``solve_ivp`` methods. Not used by ``reduced``.
     W0 : array_like, shape (n, m), optional
-        Initial weights; default ``model.initial_weights()``.
+        Weights at ``t0``; default ``model.initial_weights()``.
+    t0 : float
+        Start time (default 0). With ``W0`` the final weights of a run that ended at
+        ``t0``, the run continues it: for the fixed-step methods on the same grid, so
+        that a run split in two gives the numbers of one run.
     save_at : array_like, shape (T,), optional
-        Times at which to record per-row statistics; 0 and ``t_max`` are always added.
-        Default: 0 and 200 log-spaced times (on the dt grid for explicit methods).
-        Explicit methods shorten the step that straddles a save time off the grid.
+        Times in [t0, t_max] at which to record per-row statistics; t0 and ``t_max``
+        are always added. Default: t0 and 200 log-spaced times (on the dt grid for
+        fixed-step methods).
     snapshots : bool
         Also keep a copy of W at every save time (memory T·n·m).
     stop : Stop, optional
         Early-stopping rules.
     rtol, atol : float, optional
         Tolerances of the ``solve_ivp`` methods (default 1e-8, 1e-10) and of
-        ``reduced`` (default 1e-10, 1e-13).
-    sparse_below : float
-        Explicit methods with interference and L1: switch to the sparse working-set
-        engine once at most this fraction of weights is nonzero (0 keeps the dense
-        engine throughout; both compute the same steps). The sparse engine's cost
-        relative to the dense one scales like the density squared; 0.15 is the
-        measured crossover at n = 256, m = 2048.
+        ``reduced`` (default 1e-10, 1e-13); not used by the fixed-step methods.
+    sparse_below : float, optional
+        Fixed-step methods with interference and L1: a step that starts with at most
+        this fraction of weights nonzero is taken by the sparse working-set engine
+        (default 0.15, the measured crossover at n = 256, m = 2048; 0 keeps the dense
+        engine throughout; both compute the same steps to rounding).
     progress : bool
-        Show a progress bar on stderr.
+        Show a progress bar on stderr (toward m′ = ``stop.max_nnz`` when that is set,
+        else toward ``t_max``).
 
     Returns
     -------
@@ -144,50 +138,65 @@ def simulate(
     Raises
     ------
     FlowsimInputError
-        For any invalid argument (one-line message naming it).
+        For any invalid argument, including one the method would not use (one line
+        naming it).
     DivergenceError
         When the weights become non-finite; it carries the partial trajectory.
     """
     if not isinstance(model, Model):
         raise invalid("model", type(model).__name__, "must be a flowsim.Model")
-    t_max = check_float("t_max", t_max, positive=True)
     if method not in METHODS:
         raise invalid("method", method, "must be one of " + ", ".join(METHODS))
-    if dt is not None or method in EXPLICIT_METHODS:
-        dt = check_float("dt", 0.1 / model.c if dt is None else dt, positive=True)
-    if method == "reduced":
-        dt = None
+    t0 = check_float("t0", t0, minimum=0.0)
+    t_max = check_float("t_max", t_max, positive=True)
+    if not t_max > t0:
+        raise invalid("t_max", t_max, f"must be > t0={t0:g}")
     if stop is not None and not isinstance(stop, Stop):
         raise invalid("stop", type(stop).__name__, "must be a flowsim.Stop or None")
-    exact = method == "reduced"
-    rtol = check_float("rtol", (1e-10 if exact else 1e-8) if rtol is None else rtol, positive=True)
-    atol = check_float("atol", (1e-13 if exact else 1e-10) if atol is None else atol, positive=True)
+    options = _method_options(model, method, dt, rtol, atol, sparse_below)
+    dt = options.pop("dt")
     W = model.initial_weights() if W0 is None else model.check_weights(W0)
-    times = _save_times(save_at, t_max, dt if method in EXPLICIT_METHODS else None)
-    if method == "reduced":
-        if model.interference and model.n > 1:
-            raise invalid("method", method, "needs interference=False (the reduced solver is exact only without interference)")
-        from .reduced import solve_reduced
-
-        reduced_model = model.replace(interference=False) if model.interference else model
-        bar = _progress_bar(progress, t_max, method)
-        try:
-            traj = solve_reduced(
-                reduced_model, W, times, rtol=rtol, atol=atol,
-                max_nnz=None if stop is None else stop.max_nnz, snapshots=snapshots,
-                progress=None if bar is None else (lambda t: bar.update(min(t, t_max) - bar.n)),
-            )
-        finally:
-            if bar is not None:
-                bar.close()
-        return dataclasses.replace(traj, model=model) if reduced_model is not model else traj
-    run = _run_explicit if method in EXPLICIT_METHODS else _run_ivp
-    options = dict(rtol=rtol, atol=atol) if method in IVP_METHODS else {}
-    if method in EXPLICIT_METHODS and model.interference and model.n > 1:
-        options["sparse_below"] = check_float("sparse_below", sparse_below, minimum=0.0)
+    options["W0"] = ({"source": "seed", "seed": model.seed} if W0 is None
+                     else {"source": "given", "sha256": weights_digest(W)})
+    if t0 > 0:
+        options["t0"] = t0
+    times = _save_times(save_at, t0, t_max, dt if method in EXPLICIT_METHODS else None)
     if stop is not None:
         options["stop"] = dataclasses.asdict(stop)
-    return run(model, W, times, method, dt, stop, snapshots, progress, options)
+    if method == "reduced":
+        return _run_reduced(model, W, times, stop, snapshots, progress, options)
+    if method in IVP_METHODS:
+        from ._ivp import run_ivp
+
+        return run_ivp(model, W, times, method, dt, stop, snapshots, progress, options)
+    return _run_explicit(model, W, times, method, dt, stop, snapshots, progress, options)
+
+
+def _method_options(model, method, dt, rtol, atol, sparse_below):
+    """Validated options of ``method``; an option the method would not use is an error."""
+    if method == "reduced" and dt is not None:
+        raise invalid("dt", dt, "is not used by method='reduced' (exact solver without steps); leave it None")
+    if method in EXPLICIT_METHODS:
+        for name, value in (("rtol", rtol), ("atol", atol)):
+            if value is not None:
+                raise invalid(name, value, f"is not used by the fixed-step method {method!r}; leave it None")
+    uses_sparse = method in EXPLICIT_METHODS and model.interference and model.n > 1 and model.l1
+    if sparse_below is not None and not uses_sparse:
+        raise invalid("sparse_below", sparse_below, "is used only by euler/heun/rk4 with interference "
+                      "and L1 on and n > 1; leave it None")
+    options = {}
+    if method in EXPLICIT_METHODS:
+        options["dt"] = check_float("dt", 0.1 / model.c if dt is None else dt, positive=True)
+    else:
+        options["dt"] = None if dt is None else check_float("dt", dt, positive=True)
+    if method not in EXPLICIT_METHODS:
+        exact = method == "reduced"
+        options["rtol"] = check_float("rtol", (1e-10 if exact else 1e-8) if rtol is None else rtol, positive=True)
+        options["atol"] = check_float("atol", (1e-13 if exact else 1e-10) if atol is None else atol, positive=True)
+    if uses_sparse:
+        options["sparse_below"] = check_float(
+            "sparse_below", SPARSE_BELOW if sparse_below is None else sparse_below, minimum=0.0)
+    return options
 
 
 def force(W, model):
@@ -205,480 +214,161 @@ def force(W, model):
     ndarray, shape (n, m)
     """
     W = model.check_weights(W)
-    engine = _DenseEngine(W, model, "euler")
-    engine._buffers(W)
-    F = np.empty_like(W)
-    engine.smooth(W, F)
+    F = _engines.smooth_force(W, model)
     if model.l1:
         K.add_sign_force(W, model.lam, F)
     return F
 
 
-def _save_times(save_at, t_max, dt):
+def _save_times(save_at, t0, t_max, dt):
     if save_at is None:
-        return default_save_times(t_max, dt)
+        return default_save_times(t_max, dt, t0=t0)
     try:
         ts = np.asarray(save_at, dtype=np.float64).ravel()
     except (TypeError, ValueError):
         raise invalid("save_at", save_at, "must be an array of times") from None
-    if ts.size and (not np.all(np.isfinite(ts)) or ts.min() < 0 or ts.max() > t_max):
-        raise invalid("save_at", f"<{ts.size} times in [{ts.min():g}, {ts.max():g}]>", f"times must be finite and within [0, t_max={t_max:g}]")
-    return np.unique(np.concatenate([[0.0], ts, [t_max]]))
+    if ts.size and (not np.all(np.isfinite(ts)) or ts.min() < t0 or ts.max() > t_max):
+        raise invalid("save_at", f"<{ts.size} times in [{ts.min():g}, {ts.max():g}]>",
+                      f"times must be finite and within [t0={t0:g}, t_max={t_max:g}]")
+    return np.unique(np.concatenate([[t0], ts, [t_max]]))
 
 
-# ------------------------------------------------------------------ bookkeeping
+def grid_index(t, dt):
+    """Index k of the last grid point k·dt at or before t (within GRID_TOL·dt)."""
+    return int(math.floor(t / dt + GRID_TOL))
 
 
-class _Recorder:
-    """Collects per-row statistics (and snapshots) at save times."""
-
-    def __init__(self, model, snapshots):
-        self.model = model
-        self.t = []
-        self.rows = []
-        self.snapshots = [] if snapshots else None
-
-    def save(self, t, stats, W=None):
-        self.t.append(float(t))
-        self.rows.append(stats)
-        if self.snapshots is not None:
-            self.snapshots.append(np.array(W, copy=True))
-
-    def trajectory(self, method, dt, W, stats, options):
-        n = self.model.n
-        cols = {}
-        for name in ("l1", "nnz", "l2sq", "l4", "relvar", "loss"):
-            dtype = np.int64 if name == "nnz" else np.float64
-            cols[name] = (np.array([r[name] for r in self.rows], dtype=dtype).reshape(len(self.rows), n))
-        snaps = np.array(self.snapshots) if self.snapshots else None
-        return Trajectory(
-            model=self.model, method=method, dt=dt, t=np.array(self.t), W=W, stats=stats,
-            snapshot_t=np.array(self.t) if snaps is not None else None, snapshots=snaps,
-            options=options, **cols,
-        )
+# ------------------------------------------------------------------ reduced
 
 
-class _Interrupt:
-    """Turns the first Ctrl-C into a flag the run loop checks between chunks."""
+def _run_reduced(model, W, times, stop, snapshots, progress, options):
+    if model.interference and model.n > 1:
+        raise invalid("method", "reduced", "needs interference=False (the reduced solver is exact only without interference)")
+    if options.get("t0"):
+        raise invalid("t0", options["t0"], "must be 0 with method='reduced' (it solves from the initial weights)")
+    from .reduced import solve_reduced
 
-    def __init__(self):
-        self.flag = False
-
-    @contextlib.contextmanager
-    def guard(self):
-        if threading.current_thread() is not threading.main_thread():
-            yield self
-            return
-
-        def handler(signum, frame):
-            if self.flag:  # second Ctrl-C: the user insists
-                raise KeyboardInterrupt
-            self.flag = True
-
-        previous = signal.signal(signal.SIGINT, handler)
-        try:
-            yield self
-        finally:
-            signal.signal(signal.SIGINT, previous)
+    reduced_model = model.replace(interference=False) if model.interference else model
+    bar = Progress(progress, "reduced", times[0], times[-1], stop, int(np.count_nonzero(W, axis=1).max()))
+    try:
+        traj = solve_reduced(reduced_model, W, times, rtol=options["rtol"], atol=options["atol"],
+                             max_nnz=None if stop is None else stop.max_nnz, snapshots=snapshots,
+                             progress=lambda t: bar.update(t))
+    finally:
+        bar.close()
+    extra = {k: v for k, v in options.items() if k not in traj.options}
+    traj = dataclasses.replace(traj, options={**traj.options, **extra})
+    return dataclasses.replace(traj, model=model) if reduced_model is not model else traj
 
 
-def _progress_bar(enabled, t_max, method):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=t_max, desc=f"flowsim {method}", unit="t", leave=False,
-                bar_format="{l_bar}{bar}| t={n:.4g}/{total:.4g} [{elapsed}<{remaining}]")
+# ------------------------------------------------------------------ fixed-step methods
 
 
-def _warm_up(engine_type, model, method, **changes):
-    """Compile (or load from numba's cache) an engine's kernels on a 2×2 problem.
-
-    Returns the seconds it took, reported as compile time, so that run times are warm.
-    """
-    tick = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        tiny = model.replace(n=2, m=2, init_std=0.5, **changes)
-        W = tiny.initial_weights()
-        if engine_type is _DenseEngine:  # dense phase, then the sparse hand-over
-            engines = [_DenseEngine(W.copy(), tiny, method), _DenseEngine(W, tiny, method, 1.0)]
-        else:
-            engines = [engine_type(W, tiny, method)]
-        out = np.zeros(5)
-        for engine in engines:
-            engine.run(0.0, 1e-3, 1e-3, 0, 1, -1, out)
-    return time.perf_counter() - tick
+_STATUS = {K.STATUS_STOP: "sparse", K.STATUS_CONVERGED: "converged"}
+_MESSAGES = {"completed": "reached t_max", "sparse": "every row has <= {max_nnz} nonzeros",
+             "converged": "supports fixed and max|dW|/dt <= tol on every step for a window",
+             "interrupted": "stopped by Ctrl-C"}
 
 
-def _divergence(model, method, dt, t, step, recorder, W, options, wall, comp):
-    stats = RunStats("diverged", t, step, 0, wall, comp, "non-finite weights")
-    traj = recorder.trajectory(method, dt, W, stats, options)
-    hint = f"dt={dt / 10:g}" if dt else "tighter rtol/atol"
-    return DivergenceError(
-        f"weights became non-finite after t={t:.6g} (step {step}) with method={method}"
-        f"{'' if dt is None else f', dt={dt:g}'}; the last finite state is kept. "
-        f"Try a smaller step, e.g. {hint}, or check lam/c/init_std.",
-        t=t, step=step, trajectory=traj,
-    )
+class _Stepper:
+    """Advances an engine along the global grid k·dt in chunks, between save times."""
 
+    def __init__(self, engine, dt, t, stop, bar, interrupt):
+        self.engine, self.dt, self.bar, self.interrupt = engine, dt, bar, interrupt
+        self.j = grid_index(t, dt)
+        self.t = self.j * dt if abs(t - self.j * dt) <= GRID_TOL * dt else t  # on the grid exactly
+        self.stop_nnz = -1 if stop is None or stop.max_nnz is None else stop.max_nnz
+        self.conv_tol = -1.0 if stop is None or stop.tol is None else stop.tol
+        self.conv_window = 1.0 if stop is None else stop.window
+        self.out = np.zeros(K.OUT_SIZE)
+        self.out[K.OUT_STREAK] = t
+        self.steps, self.jmax = 0, 64
+        self.status = "completed"
 
-# ------------------------------------------------------------------ explicit engines
+    def advance(self, t1):
+        """Step to t1; returns False when the run must end (stop, Ctrl-C); raises on
+        non-finite weights (with the state at the last finite step)."""
+        out, engine = self.out, self.engine
+        while self.t < t1:
+            tick = time.perf_counter()
+            j_prev = self.j
+            engine.run(self.t, self.j, t1, self.dt, self.jmax, self.stop_nnz, self.conv_tol, self.conv_window, out)
+            took = time.perf_counter() - tick
+            self.t, self.j, code = float(out[K.OUT_T]), int(out[K.OUT_J]), int(out[K.OUT_STATUS])
+            self.steps += self.j - j_prev
+            self.jmax = int(min(max(self.jmax * min(0.2 / max(took, 1e-4), 4.0), 1), 1 << 40))
+            self.bar.update(self.t, engine.W)
+            if code == K.STATUS_NONFINITE:
+                raise FloatingPointError
+            if code in _STATUS:
+                self.status = _STATUS[code]
+                return False
+            if self.interrupt.flag:
+                self.status = "interrupted"
+                return False
+        return True
 
-
-class _RowsEngine:
-    """Rows without interference: numba steps costing O(1) plus deaths (see _kernels)."""
-
-    def __init__(self, W, model, method):
-        self.model = model
-        n = W.shape[0]
-        self.W = W
-        absW = np.abs(W)
-        self.perm = np.argsort(absW, axis=1)[:, ::-1].copy()  # descending; zeros last
-        self.u = np.take_along_axis(absW, self.perm, axis=1)
-        del absW
-        self.cnt = np.count_nonzero(W, axis=1).astype(np.int64)
-        self.A, self.B = np.ones(n), np.zeros(n)
-        self.P1, self.P2 = np.zeros(n), np.zeros(n)
-        for i in range(n):
-            K.rows_materialize(W, self.u, self.perm, self.cnt, self.A, self.B, self.P1, self.P2, i)
-        self.a, self.b = TABLEAUX[method]
-        self.fb = 1.0 if model.feature_benefit else 0.0
-        self.lam = model.l1_strength
-        self.stages = len(self.b)
-
-    def run(self, t0, t1, dt, j0, jmax, stop_nnz, out):
-        K.rows_run(self.W, self.u, self.perm, self.cnt, self.A, self.B, self.P1, self.P2,
-                   t0, t1, dt, j0, jmax, self.a, self.b, self.fb, self.model.c, self.lam, stop_nnz, out)
-
-    def stats(self):
-        n = self.W.shape[0]
-        l1, l2, l4 = np.empty(n), np.empty(n), np.empty(n)
-        nnz = np.empty(n, dtype=np.int64)
-        K.rows_stats(self.W, self.perm, self.cnt, l1, nnz, l2, l4)
-        return finish_stats(l1, nnz, l2, l4, self.model)
-
-
-class _DenseEngine:
-    """Rows with interference: BLAS products on the columns that still hold a nonzero.
-
-    With L1 on, hands over to :class:`_SparseEngine` once the fraction of nonzero
-    weights falls to ``sparse_below`` (and keeps it from then on).
-    """
-
-    def __init__(self, W, model, method, sparse_below=0.0):
-        self.model = model
-        self.sparse_below = sparse_below if model.l1 else 0.0
-        self.sparse = None
-        self.W = W
-        self.method = method
-        self.a, self.b = TABLEAUX[method]
-        self.stages = len(self.b)
-        self.fb = 1.0 if model.feature_benefit else 0.0
-        self.lam = model.l1_strength
-        self.use_sign = model.l1
-        self.cols = None
-
-    def _buffers(self, Wc):
-        n, mc = Wc.shape
-        if self.cols is None or self._shape != (n, mc):
-            self._shape = (n, mc)
-            self.G = np.empty((n, n))
-            self.P = np.empty((n, n))
-            self.norms = np.empty(n)
-            self.PW = np.empty((n, mc))
-            self.F = np.empty((n, mc))
-            self.V = np.empty((n, mc))
-            self.U = np.empty((n, mc))
-            self.s = np.zeros((n, mc))
-            self.Ks = np.empty((self.stages, n, mc))
-
-    def smooth(self, U, F):
-        """Smooth force at U into F (two BLAS products, fused elementwise work)."""
-        np.matmul(U, U.T, out=self.G)
-        np.copyto(self.norms, np.diagonal(self.G))
-        if self.model.interference:
-            K.relu_offdiag(self.G, self.P)
-            np.matmul(self.P, U, out=self.PW)
-            K.combine_force(U, self.norms, self.PW, self.fb, 1.0, self.model.c, F)
-        else:
-            K.combine_force(U, self.norms, U, self.fb, 0.0, self.model.c, F)
-
-    def step(self, Wc, h):
-        """One step from Wc into self.V; returns False if a value is non-finite."""
-        if self.method == "euler":
-            self.smooth(Wc, self.F)
-            return K.prox_euler(Wc, self.F, h, self.lam, self.use_sign, self.V)
-        Ks, s = self.Ks, self.s
-        self.smooth(Wc, self.F)
-        if self.use_sign:
-            K.sign_pattern(Wc, self.F, self.lam, s)
-        K.masked_stage(self.F, s, self.lam, self.use_sign, Ks[0])
-        for st in range(1, self.stages):
-            K.stage_value(Wc, Ks, h * self.a[st], st, self.U)
-            self.smooth(self.U, self.F)
-            K.masked_stage(self.F, s, self.lam, self.use_sign, Ks[st])
-        return K.finish_step(Wc, Ks, h * self.b, s, self.use_sign, self.V)
-
-    def run(self, t0, t1, dt, j0, jmax, stop_nnz, out):
-        if self.sparse is None and self.sparse_below > 0:
-            if np.count_nonzero(self.W) <= self.sparse_below * self.W.size:
-                self.sparse = _SparseEngine(self.W, self.model, self.method)
-                self.sparse.sync()
-        if self.sparse is not None:
-            return self.sparse.run(t0, t1, dt, j0, jmax, stop_nnz, out)
-        live = np.flatnonzero(np.any(self.W != 0.0, axis=0))
-        full = live.size == self.W.shape[1]
-        Wc = self.W if full else np.ascontiguousarray(self.W[:, live])
-        self._buffers(Wc)
-        self.cols = live
-        j = j0
-        t = K.start_time(t0, t1, dt, j0)
-        status, steps = K.STATUS_DONE, 0
-        while t < t1:
-            t_next = K.step_end(t0, t1, dt, j)
-            with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected below
-                ok = self.step(Wc, t_next - t)
-            if not ok:
-                status = K.STATUS_NONFINITE
-                break
-            Wc, self.V = self.V, Wc
-            j += 1
-            steps += 1
-            t = t_next
-            if stop_nnz >= 0 and np.count_nonzero(Wc, axis=1).max() <= stop_nnz:
-                status = K.STATUS_STOP
-                break
-            if t < t1 and steps >= jmax:
-                status = K.STATUS_BUDGET
-                break
-        if full:
-            if Wc is not self.W:
-                self.W[...] = Wc
-                self.V = Wc
-        else:
-            self.W[:, live] = Wc
-        out[:4] = (t, j, status, -1)
-
-    def nnz(self):
-        return np.count_nonzero(self.W, axis=1)
-
-    def stats(self):
-        return row_stats(self.W, self.model)
-
-
-class _SparseEngine:
-    """Rows with interference and L1 once sparse: O(working set) numba steps."""
-
-    def __init__(self, W, model, method):
-        n, m = W.shape
-        self.model, self.W = model, W
-        self.a, self.b = TABLEAUX[method]
-        self.euler = method == "euler"
-        self.U = np.zeros_like(W)
-        self.widx = np.empty((n, m), dtype=np.int64)
-        self.wcnt = np.empty(n, dtype=np.int64)
-        self.ws, self.Fc, self.newv = np.empty((n, m)), np.empty((n, m)), np.empty((n, m))
-        self.Kc = np.empty((len(self.b), n, m))
-        self.colrows = np.empty(n * m, dtype=np.int64)
-        self.colstart, self.colfill, self.touched = (np.empty(m, dtype=np.int64) for _ in range(3))
-        self.colcnt = np.zeros(m, dtype=np.int64)
-        self.acc, self.nbr, self.inlist = np.zeros(n), np.empty(n, dtype=np.int64), np.zeros(n, dtype=bool)
-        self.pos = np.full(m, -1, dtype=np.int64)
-        self.cand, self.candmark, self.candlist = np.zeros(m), np.zeros(m, dtype=bool), np.empty(m, dtype=np.int64)
-        self.fb = 1.0 if model.feature_benefit else 0.0
-
-    def sync(self):
-        """Rebuild the supports from W (after dense steps changed it): nonzeros first."""
-        self.widx[...] = np.argsort(self.W == 0.0, axis=1, kind="stable")
-        self.wcnt[...] = np.count_nonzero(self.W, axis=1)
-
-    def run(self, t0, t1, dt, j0, jmax, stop_nnz, out):
-        K.sparse_run(self.W, self.U, self.widx, self.wcnt, self.ws, self.Kc, self.Fc, self.newv,
-                     self.colrows, self.colstart, self.colcnt, self.colfill, self.touched,
-                     self.acc, self.nbr, self.inlist, self.pos, self.cand, self.candmark, self.candlist,
-                     t0, t1, dt, j0, jmax, self.a, self.b, self.euler, self.fb, self.model.c,
-                     self.model.l1_strength, stop_nnz, out)
+    def side_stats(self, t_save):
+        """Statistics and weights at t_save (between grid points), from one extra step
+        on a copy: the run itself stays on the grid."""
+        side = self.engine.fork()
+        out = np.zeros(K.OUT_SIZE)
+        side.run(self.t, self.j, t_save, self.dt, 1, -1, -1.0, 1.0, out)
+        if int(out[K.OUT_STATUS]) == K.STATUS_NONFINITE:
+            raise FloatingPointError
+        self.out[K.OUT_EVALS] += out[K.OUT_EVALS]
+        return side.stats(), side.W
 
 
 def _run_explicit(model, W, times, method, dt, stop, snapshots, progress, options):
-    if not model.interference or model.n == 1:
-        engine = _RowsEngine(W, model, method)
-    else:
-        engine = _DenseEngine(W, model, method, options.get("sparse_below", 0.0))
-    rec = _Recorder(model, snapshots)
-    comp = _warm_up(type(engine), model, method)
-    wall0 = time.perf_counter()
-    rec.save(0.0, engine.stats(), engine.W)
-    stop_nnz = -1 if stop is None or stop.max_nnz is None else stop.max_nnz
-    window = None
-    if stop is not None and stop.tol is not None:
-        window = max(round(stop.window / dt), 1) * dt
-        W_check, t_check = engine.W.copy(), 0.0
-    bounds = np.asarray(times)
-    if window is not None:
-        checks = np.arange(1, int(times[-1] // window) + 1) * window
-        bounds = np.unique(np.concatenate([bounds, checks]))
-    save_set = set(times.tolist())
-    out = np.zeros(5)
-    steps, status, t = 0, "completed", 0.0
-    jmax = 64
-    bar = _progress_bar(progress, times[-1], method)
-    interrupt = _Interrupt()
+    engine = _engines.make_engine(W, model, method, options.get("sparse_below", 0.0))
+    rec = Recorder(model, snapshots)
+    t_start, t_max = float(times[0]), float(times[-1])
+    interrupt = Interrupt()
+    bar = Progress(progress, method, t_start, t_max, stop, int(np.count_nonzero(W, axis=1).max()))
+    run = _Stepper(engine, dt, t_start, stop, bar, interrupt)
+    comp = wall0 = 0.0
     try:
-        with interrupt.guard():
-            for t1 in bounds[1:]:
-                t0, j = t, 0
-                while t < t1:
-                    tick = time.perf_counter()
-                    engine.run(t0, t1, dt, j, jmax, stop_nnz, out)
-                    took = time.perf_counter() - tick
-                    steps += int(out[1]) - j
-                    t, j, code = float(out[0]), int(out[1]), int(out[2])
-                    jmax = int(min(max(jmax * min(0.2 / max(took, 1e-4), 4.0), 1), 1 << 40))
-                    if bar is not None:
-                        bar.update(t - bar.n)
-                    if code == K.STATUS_NONFINITE:
-                        wall = time.perf_counter() - wall0
-                        raise _divergence(model, method, dt, t, steps, rec, engine.W, options, wall, comp)
-                    if code == K.STATUS_STOP:
-                        status = "sparse"
-                        break
-                    if interrupt.flag:
-                        status = "interrupted"
-                        break
-                if status != "completed":
-                    break
-                if t in save_set or t == times[-1]:
-                    rec.save(t, engine.stats(), engine.W)
-                if window is not None and t >= t_check + window * (1 - 1e-9):
-                    same = np.array_equal(engine.W != 0, W_check != 0)
-                    if same and np.max(np.abs(engine.W - W_check), initial=0.0) <= stop.tol * (t - t_check):
-                        status = "converged"
-                        break
-                    W_check, t_check = engine.W.copy(), t
+        with interrupt.guard():  # also around the warm-up: a cold cache compiles for seconds
+            comp = _engines.warm_up(model, method)
+            wall0 = time.perf_counter()
+            rec.save(t_start, engine.stats(), engine.W)
+            if interrupt.flag:
+                run.status = "interrupted"
+            else:
+                _march(run, times, rec, t_max)
+    except FloatingPointError:
+        wall = time.perf_counter() - wall0
+        raise divergence_error(model, method, dt, run.t, run.steps, rec, engine.W, options, wall, comp) from None
     finally:
-        if bar is not None:
-            bar.close()
-    if not rec.t or rec.t[-1] != t:
-        rec.save(t, engine.stats(), engine.W)
+        bar.close(run.t, engine.W)
+    if run.status == "completed":
+        run.t = t_max
+    elif rec.t[-1] != run.t:
+        rec.save(run.t, engine.stats(), engine.W)
     wall = time.perf_counter() - wall0
-    if status == "interrupted":
-        warnings.warn(f"interrupted at t={t:.6g}; returning the trajectory up to there", FlowsimWarning, stacklevel=3)
-    stats = RunStats(status, t, steps, steps * engine.stages, wall, comp,
-                     {"completed": "reached t_max", "sparse": f"every row has <= {stop_nnz} nonzeros",
-                      "converged": "supports fixed and weights still over the window",
-                      "interrupted": "stopped by Ctrl-C"}[status])
+    if run.status == "interrupted":
+        warnings.warn(f"interrupted at t={run.t:.6g}; returning the trajectory up to there", FlowsimWarning, stacklevel=3)
+    message = _MESSAGES[run.status].format(max_nnz=run.stop_nnz)
+    t_conv = float(run.out[K.OUT_STREAK]) if run.status == "converged" else math.nan
+    partial = [(grid_index(t_start, dt) + 1) * dt - t_start, t_max - grid_index(t_max, dt) * dt]
+    h_min = min([dt] + [h for h in partial if h > GRID_TOL * dt]) if run.steps else math.nan
+    stats = RunStats(run.status, run.t, run.steps, int(run.out[K.OUT_EVALS]), wall, comp, message,
+                     rejected=0, h_min=h_min, h_max=dt if run.steps else math.nan, t_converged=t_conv)
     return rec.trajectory(method, dt, engine.W, stats, options)
 
 
-# ------------------------------------------------------------------ solve_ivp path
-
-
-def _run_ivp(model, W, times, method, dt, stop, snapshots, progress, options):
-    from scipy.integrate import solve_ivp
-
-    n, m = W.shape
-    engine = _DenseEngine(W, model, "euler")
-    engine._buffers(W)
-    F = np.empty_like(W)
-    lam = model.l1_strength
-    use_sign = model.l1
-    s = np.zeros_like(W)
-    rec = _Recorder(model, snapshots)
-    rec.save(0.0, row_stats(W, model), W)
-    t, t_max = 0.0, float(times[-1])
-    nfev = steps = restarts = 0
-    status = "completed"
-    stop_nnz = None if stop is None else stop.max_nnz
-    bar = _progress_bar(progress, t_max, method)
-    interrupt = _Interrupt()
-    comp = _warm_up(_DenseEngine, model, "rk4", l1=True)
-    wall0 = time.perf_counter()
-    last_t = [0.0, time.perf_counter()]
-    stuck = np.zeros(W.shape, dtype=bool)
-
-    class _Stop(Exception):
-        pass
-
-    try:
-        with interrupt.guard():
-            while t < t_max:
-                engine.smooth(W, F)
-                nfev += 1
-                if use_sign:
-                    K.sign_pattern(W, F, lam, s)
-                    s[stuck] = 0.0
-                    active = s != 0.0
-                else:
-                    active = np.ones(W.shape, dtype=bool)
-                sa = s[active]
-                y0 = W[active]
-                Wt = np.zeros_like(W)
-
-                def rhs(tt, y):
-                    if interrupt.flag:
-                        raise _Stop
-                    Wt[active] = y
-                    engine.smooth(Wt, F)
-                    if bar is not None and time.perf_counter() - last_t[1] > 0.2:
-                        bar.update(tt - bar.n)
-                        last_t[1] = time.perf_counter()
-                    return F[active] - lam * sa if use_sign else F[active]
-
-                events = []
-                if use_sign and y0.size:
-                    def hits_zero(tt, y):
-                        return float(np.min(y * sa))
-                    hits_zero.terminal, hits_zero.direction = True, -1
-                    events.append(hits_zero)
-                if y0.size == 0:  # everything pinned at zero: nothing moves again
-                    for ts in times[times > t]:
-                        rec.save(ts, row_stats(W, model), W)
-                    t = t_max
-                    break
-                t_eval = times[(times > t) & (times <= t_max)]
-                sol = solve_ivp(rhs, (t, t_max), y0, method=method, t_eval=t_eval,
-                                events=events or None, rtol=options["rtol"], atol=options["atol"],
-                                first_step=None if dt is None else min(dt, (t_max - t) / 2))
-                nfev += sol.nfev
-                steps += max(len(sol.t), 1)
-                for k, ts in enumerate(sol.t):
-                    Wt[active] = sol.y[:, k]
-                    Wt[~active] = 0.0
-                    rec.save(ts, row_stats(Wt, model), Wt)
-                if sol.status == -1:
-                    raise _divergence(model, method, None, t, steps, rec, W, options,
-                                      time.perf_counter() - wall0, 0.0)
-                if sol.status == 1 and sol.t_events[0].size:
-                    t_ev = float(sol.t_events[0][0])
-                    y = sol.y_events[0][0].copy()
-                    y[np.argmin(y * sa)] = 0.0
-                    y[y * sa <= 0.0] = 0.0
-                    stuck[...] = False
-                    if t_ev <= t + 1e-12 * (1.0 + t):  # no progress: hold those at 0 one segment
-                        stuck[active] = y == 0.0
-                    W[active] = y
-                    W[~active] = 0.0
-                    t = t_ev
-                    restarts += 1
-                    if stop_nnz is not None and np.count_nonzero(W, axis=1).max() <= stop_nnz:
-                        status = "sparse"
-                        break
-                    continue
-                W[active] = sol.y[:, -1] if sol.t.size else y0
-                W[~active] = 0.0
-                t = t_max
-    except _Stop:
-        status = "interrupted"
-    finally:
-        if bar is not None:
-            bar.close()
-    if not np.all(np.isfinite(W)):
-        raise _divergence(model, method, None, t, steps, rec, W, options, time.perf_counter() - wall0, 0.0)
-    if rec.t[-1] != t:
-        rec.save(t, row_stats(W, model), W)
-    options = dict(options, restarts=restarts)
-    stats = RunStats(status, t, steps, nfev, time.perf_counter() - wall0, comp,
-                     f"solve_ivp {method}, {restarts} zero-crossing restarts")
-    return rec.trajectory(method, dt, W, stats, options)
+def _march(run, times, rec, t_max):
+    """Advance ``run`` through the save times, recording each one."""
+    dt = run.dt
+    for s in times[1:]:
+        k = grid_index(s, dt)
+        on_grid = abs(s - k * dt) <= GRID_TOL * dt
+        target = s if (s == t_max and not on_grid) else k * dt
+        if target > run.t and not run.advance(target):
+            return
+        if on_grid or s == t_max:
+            rec.save(float(s), run.engine.stats(), run.engine.W)
+        else:
+            stats, W_side = run.side_stats(float(s))
+            rec.save(float(s), stats, W_side)

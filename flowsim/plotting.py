@@ -103,9 +103,11 @@ def figure3(table, rows, n):
     Parameters
     ----------
     table : list of dict
-        Per-m rows with ``m``, ``mean``, ``std`` (see ``polysemantic.per_m_table``).
+        Per-m rows with ``m``, ``mean``, ``std`` over the converged runs (see
+        ``polysemantic.per_m_table``).
     rows : list of dict
-        One row per run with ``m`` and ``polysemantic``.
+        One row per run with ``m``, ``polysemantic`` and ``status``. Runs that did not
+        converge are drawn apart (hollow orange circles) and named in the legend.
     n : int
         Number of features.
 
@@ -116,13 +118,18 @@ def figure3(table, rows, n):
     fig = Figure(figsize=(7, 5), layout="constrained")
     ax = fig.subplots()
     m = np.array([r["m"] for r in table], dtype=float)
-    mean = np.array([r["mean"] for r in table])
-    std = np.array([r["std"] for r in table])
+    mean = np.array([r["mean"] for r in table], dtype=float)
+    std = np.array([r["std"] for r in table], dtype=float)
     rm = np.array([r["m"] for r in rows], dtype=float)
     ry = np.array([r["polysemantic"] for r in rows], dtype=float)
-    jitter = np.exp(np.random.default_rng(0).uniform(-0.03, 0.03, rm.size))
-    ax.scatter(rm * jitter, np.where(ry > 0, ry, np.nan), s=6, color="C0", alpha=0.25, label="single runs")
-    ax.errorbar(m, mean, yerr=std, fmt="o", color="C0", capsize=3, label="mean ± std over seeds")
+    ok = _converged(rows)
+    rx = rm * np.exp(np.random.default_rng(0).uniform(-0.03, 0.03, rm.size))
+    ry = np.where(ry > 0, ry, np.nan)
+    ax.scatter(rx[ok], ry[ok], s=6, color="C0", alpha=0.25, label="single runs")
+    if not ok.all():
+        ax.scatter(rx[~ok], ry[~ok], s=18, facecolors="none", edgecolors="C1",
+                   label=f"not converged ({np.count_nonzero(~ok)} runs, not in the means)")
+    ax.errorbar(m, mean, yerr=std, fmt="o", color="C0", capsize=3, label="mean ± std over converged runs")
     mm = np.unique(np.round(np.geomspace(m.min(), m.max(), 100)))
     ax.plot(mm, theory.polysemantic_expected(n, mm), color="C3", ls="--", label=r"$n^2/(4m)$")
     ax.plot(mm, theory.collisions_expected(n, mm), color="C2", ls=":", label=r"initial collisions $n(n-1)/(2m)$")
@@ -132,12 +139,20 @@ def figure3(table, rows, n):
     ax.set_ylabel("polysemantic neurons")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(f"n = {n}, {len(rows)} runs", fontsize=10)
+    unconverged = f", {np.count_nonzero(~ok)} not converged" if not ok.all() else ""
+    ax.set_title(f"n = {n}, {len(rows)} runs{unconverged}", fontsize=10)
     return fig
+
+
+def _converged(rows):
+    """ndarray of bool, shape (len(rows),): the runs whose status is ``"converged"``."""
+    return np.array([r["status"] == "converged" for r in rows], dtype=bool)
 
 
 def figure3_collisions(rows):
     """Initial benign collisions against final polysemantic neurons, one point per run.
+
+    Runs that did not converge (``status``) are drawn as hollow circles.
 
     Returns
     -------
@@ -148,10 +163,15 @@ def figure3_collisions(rows):
     x = np.array([r["benign"] for r in rows], dtype=float)
     y = np.array([r["polysemantic"] for r in rows], dtype=float)
     m = np.array([r["m"] for r in rows], dtype=float)
-    rng = np.random.default_rng(1)
-    sc = ax.scatter(x + rng.uniform(-0.2, 0.2, x.size), y + rng.uniform(-0.2, 0.2, y.size), c=np.log2(m),
-                    s=10, cmap="viridis", alpha=0.7)
+    ok = _converged(rows)
     top = max(x.max(), y.max(), 1) + 1
+    rng = np.random.default_rng(1)
+    x, y = x + rng.uniform(-0.2, 0.2, x.size), y + rng.uniform(-0.2, 0.2, y.size)
+    sc = ax.scatter(x[ok], y[ok], c=np.log2(m[ok]), s=10, cmap="viridis", alpha=0.7,
+                    vmin=np.log2(m.min()), vmax=np.log2(m.max()))
+    if not ok.all():
+        ax.scatter(x[~ok], y[~ok], s=18, facecolors="none", edgecolors="k",
+                   label=f"not converged ({np.count_nonzero(~ok)} runs)")
     ax.plot([0, top], [0, top], color="k", lw=0.8, ls="--", label="y = x")
     ax.set_xlabel("initial benign collisions (opposite signs)")
     ax.set_ylabel("polysemantic neurons at convergence")
@@ -170,3 +190,206 @@ def save_figure(fig, path, dpi=130):
     buf = io.BytesIO()
     fig.savefig(buf, format=str(path).rsplit(".", 1)[-1], dpi=dpi)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+# ------------------------------------------------------------------ noise (Section 3)
+
+_NOISE_STYLE = {"bipolar": "-", "normal": "--", "uniform": "-.", "laplace": ":"}
+
+
+def _fourth_norm_references(ax, m, horizontal=True):
+    draw = ax.axhline if horizontal else ax.axvline
+    draw(3.0 / m, color="k", lw=0.8, ls="--", label=f"3/m = {3.0 / m:.3g}")
+    draw(3.0 / (m + 2), color="grey", lw=0.8, ls=":", label=f"random unit vector 3/(m+2) = {3.0 / (m + 2):.3g}")
+
+
+def figure4_noise(runs):
+    """Figure 4: mean ‖W_i‖₄⁴ over steps for several noises, band over instances.
+
+    Parameters
+    ----------
+    runs : list of NoiseRun
+        One per (distribution, σ); the curve is the mean over instances of the mean over
+        encodings, the band its minimum and maximum over instances.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    ax = fig.subplots()
+    sigmas = sorted({r.model.sigma for r in runs})
+    for run in runs:
+        mdl = run.model
+        color = f"C{sigmas.index(mdl.sigma)}"
+        y = run.mean_l4()
+        ax.plot(run.steps, y.mean(axis=0), color=color, ls=_NOISE_STYLE[mdl.distribution], lw=1.4,
+                label=f"{mdl.distribution}, σ={mdl.sigma:g}")
+        ax.fill_between(run.steps, y.min(axis=0), y.max(axis=0), color=color, alpha=0.15, lw=0)
+    mdl = runs[0].model
+    _fourth_norm_references(ax, mdl.m)
+    ax.set_xlabel("gradient steps")
+    ax.set_ylabel(r"mean $\|W_i\|_4^4$ over encodings")
+    ax.set_ylim(0, 1.02)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    ax.set_title(f"n={mdl.n}, m={mdl.m}, η={mdl.eta:g}, {mdl.instances} instances (band: min–max), "
+                 f"{mdl.sharing} noise", fontsize=10)
+    return fig
+
+
+def figure5_noise(lam_rows, sigma_rows, m):
+    """Figure 5: final fourth norms (a) against λ without noise, (b) against σ (bipolar).
+
+    Parameters
+    ----------
+    lam_rows, sigma_rows : list of dict
+        One per value with ``x`` (λ or σ), ``l4_mean``, ``l4_min``, ``l4_max`` (over
+        instances of the mean over encodings), ``l2_mean`` (mean ‖W_i‖₂),
+        ``l4_normalised`` (mean over nonzero encodings of ‖W_i‖₄⁴/‖W_i‖₂⁴) and
+        ``diverged`` (bool; such points are marked at the bottom).
+    m : int
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    fig = Figure(figsize=(11, 4.4), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, rows, xlabel, title in ((axes[0], lam_rows, "L1 strength λ", "(a) L1, no noise"),
+                                    (axes[1], sigma_rows, "bipolar noise σ", "(b) bipolar noise, no L1")):
+        ok = [r for r in rows if not r["diverged"]]
+        x = np.array([r["x"] for r in ok], dtype=float)
+        mean = np.array([r["l4_mean"] for r in ok], dtype=float)
+        err = np.maximum(np.array([[r["l4_mean"] - r["l4_min"], r["l4_max"] - r["l4_mean"]] for r in ok]).T, 0.0)
+        ax.errorbar(x, mean, yerr=err, fmt="o-", color="C0", capsize=3, label=r"mean $\|W_i\|_4^4$ (min–max)")
+        ax.plot(x, [r["l2_mean"] for r in ok], "s--", color="C2", ms=4, label=r"mean $\|W_i\|_2$")
+        ax.plot(x, [r["l4_normalised"] for r in ok], "^:", color="C1", ms=4,
+                label=r"mean $\|W_i\|_4^4/\|W_i\|_2^4$ (nonzero rows)")
+        bad = [r["x"] for r in rows if r["diverged"]]
+        if bad:
+            ax.plot(bad, np.zeros(len(bad)), "x", color="C3", ms=8, label="diverged")
+        _fourth_norm_references(ax, m)
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("after the last step")
+    axes[0].set_ylim(-0.03, 1.05)
+    axes[1].legend(fontsize=7, loc="upper left")
+    return fig
+
+
+def figure7_noise(run, instance=0, stuck_below=0.5):
+    """Figure 7: one instance: ‖W_i‖₄⁴ of each encoding over steps, and the final W.
+
+    Encodings whose final ‖W_i‖₄⁴ is below ``stuck_below`` are drawn thick and marked.
+
+    Parameters
+    ----------
+    run : NoiseRun
+    instance : int
+    stuck_below : float
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    mdl = run.model
+    l4 = run.l4[instance]
+    W = run.W[instance]
+    stuck = np.flatnonzero(l4[-1] < stuck_below)
+    fig = Figure(figsize=(12, 4.6), layout="constrained")
+    ax1, ax2 = fig.subplots(1, 2, width_ratios=[1.1, 1])
+    for i in range(mdl.n):
+        flag = i in stuck
+        ax1.plot(run.steps, l4[:, i], color=f"C{i % 10}", lw=2.2 if flag else 1.0,
+                 label=f"$W_{{{i}}}$" + (f" (stuck: {l4[-1, i]:.2f})" if flag else ""))
+    ax1.axhline(stuck_below, color="k", lw=0.6, ls=":")
+    ax1.set_xlabel("gradient steps")
+    ax1.set_ylabel(r"$\|W_i\|_4^4$")
+    ax1.set_ylim(0, 1.02)
+    ax1.grid(True, alpha=0.3)
+    ax1.legend(fontsize=7, ncol=2)
+    ax1.set_title(f"(a) {mdl.distribution} σ={mdl.sigma:g}, η={mdl.eta:g}, instance {instance}", fontsize=10)
+    lim = max(float(np.abs(W).max()), 1e-12)
+    im = ax2.imshow(W, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+    ax2.set_yticks(range(mdl.n), [f"$W_{{{i}}}$" + (" ◀" if i in stuck else "") for i in range(mdl.n)])
+    ax2.set_xlabel("hidden neuron j")
+    ax2.set_title(f"(b) final W after {int(run.steps[-1]):,} steps", fontsize=10)
+    fig.colorbar(im, ax=ax2)
+    return fig
+
+
+def figure_kurtosis(rows, m):
+    """Final mean ‖W_i‖₄⁴ against the noise's excess kurtosis, at equal σ.
+
+    Parameters
+    ----------
+    rows : list of dict
+        One per (setting, σ, sharing, distribution) with ``setting`` (panel title),
+        ``sigma``, ``sharing``, ``kurtosis``, ``mean`` and ``sem`` (standard error over
+        instances).
+    m : int
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    fig = Figure(figsize=(5.5 * len(settings), 4.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(settings)))
+    for ax, setting in zip(axes, settings):
+        sub = [r for r in rows if r["setting"] == setting]
+        for c, key in enumerate(dict.fromkeys((r["sigma"], r["sharing"]) for r in sub)):
+            line = sorted((r for r in sub if (r["sigma"], r["sharing"]) == key), key=lambda r: r["kurtosis"])
+            ax.errorbar([r["kurtosis"] for r in line], [r["mean"] for r in line],
+                        yerr=[r["sem"] for r in line], fmt="o-" if key[1] == "shared" else "s--",
+                        color=f"C{c}", capsize=3, label=f"σ={key[0]:g}, {key[1]} noise")
+        _fourth_norm_references(ax, m)
+        ax.set_xticks([-2, -1.2, 0, 3], ["bipolar\n−2", "uniform\n−1.2", "normal\n0", "Laplace\n+3"])
+        ax.set_xlabel("excess kurtosis of the noise")
+        ax.set_title(setting, fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel(r"mean $\|W_i\|_4^4$ (± standard error over instances)")
+    return fig
+
+
+def figure_kurtosis_theory(checks):
+    """The theory check: per-step change of mean ‖W_i‖₄⁴ beyond normal noise's, by window.
+
+    Parameters
+    ----------
+    checks : list of (str, DriftCheck)
+        Panel title and the measurement.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    fig = Figure(figsize=(6 * len(checks), 4.8), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(checks)))
+    for ax, (title, c) in zip(axes, checks):
+        win = c.windows.astype(float)
+        for d, dist in enumerate(c.distributions):
+            if dist == "normal":
+                continue
+            color = f"C{d}"
+            ax.errorbar(win, c.excess[d], yerr=2 * c.excess_se[d], fmt="o-", color=color, capsize=3,
+                        label=f"{dist} (κ={c.kurtosis[d]:+g}) measured ± 2 s.e.")
+            ax.axhline(c.regulariser_drift[d], color=color, ls="--", lw=1)
+            if np.isfinite(c.exact[d]):
+                ax.plot([1.0], [c.exact[d] - c.exact[c.distributions.index("normal")]], "*", color=color, ms=12)
+        ax.plot([], [], "k--", lw=1, label="regulariser prediction −η∇R·∇f (per step)")
+        if np.isfinite(c.exact).any():
+            ax.plot([], [], "k*", ms=10, label="exact one-step value")
+        ax.axhline(0, color="k", lw=0.6)
+        ax.set_xscale("log")
+        ax.set_yscale("symlog", linthresh=1e-8)
+        ax.set_xlabel("window (steps) from the shared start W0")
+        ax.set_ylabel(r"per-step change of mean $\|W_i\|_4^4$ minus normal noise's")
+        ax.set_title(f"{title}\nσ={c.sigma:g}, η={c.eta:g}, {c.sharing} noise, f̄(W0)={c.f0:.3f}", fontsize=9)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=7)
+    return fig

@@ -5,8 +5,11 @@ counts polysemantic neurons. Writes into ``--out``: ``figure3_polysemantic.png``
 ± std against m, log–log, with n²/(4m) and n(n−1)/(2m)), ``figure3_collisions.png``
 (initial benign collisions against final polysemantic neurons, per run),
 ``polysemantic.csv`` (one row per run) and ``polysemantic.json`` (parameters, per-m
-table, timing). Each finished run is stored at once in ``<out>/polysemantic_runs/``;
-``--resume`` skips runs already stored there.
+table, timing). Each finished run is stored at once in ``<out>/polysemantic_runs/``,
+and a stored run made with the same parameters and flowsim version is reused
+(``--no-resume`` runs everything again). A run that reaches ``--t-max`` before the
+convergence rule holds is ``"not converged"``: it is kept in the CSV, counted apart and
+left out of the per-m means.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import math
 import os
 import sys
 import time
+from argparse import BooleanOptionalAction
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +26,13 @@ from . import _cli, metrics, theory
 from ._version import __version__
 from .errors import invalid
 from .integrate import EXPLICIT_METHODS, Stop, simulate
-from .io import write_json
+from .io import write_csv, write_json
 from .model import Model
 
 PROG = "python -m flowsim.polysemantic"
 DEFAULT_M = tuple(range(256, 4097, 256))
+#: Version of the layout of ``polysemantic.json``.
+JSON_FORMAT_VERSION = 1
 
 
 def run_one(params):
@@ -35,21 +41,36 @@ def run_one(params):
     Parameters
     ----------
     params : dict
-        n, m, lam, c, seed, method, dt, t_max, tol, window, threshold, sparse_below.
+        n, m, lam, c, seed, method, dt, t_max, tol, window, threshold, sparse_below:
+        every input that shapes the result (with the flowsim version).
 
     Returns
     -------
     dict
-        JSON-ready metrics (see :func:`flowsim.metrics.summary`) and run statistics.
+        JSON-ready metrics (see :func:`flowsim.metrics.summary`) and run statistics:
+        ``status`` is ``"converged"`` when the stop rule held for a whole window before
+        ``t_max``, else ``"not converged"``; ``t_converged`` is the time from which it
+        held (NaN when not converged); ``t_end`` the time of the final state.
+
+    Raises
+    ------
+    KeyboardInterrupt
+        When the run was interrupted (a partial run is not a result).
     """
     model = Model(n=params["n"], m=params["m"], lam=params["lam"], c=params["c"], seed=params["seed"])
     W0 = model.initial_weights()
     traj = simulate(model, params["t_max"], method=params["method"], dt=params["dt"], W0=W0,
                     save_at=[], stop=Stop(tol=params["tol"], window=params["window"]),
                     sparse_below=params["sparse_below"])
+    stats = traj.stats
+    if stats.status == "interrupted":
+        raise KeyboardInterrupt
+    converged = stats.status == "converged"
     out = metrics.summary(W0, traj.W, threshold=params["threshold"], window=(0.8, 1.2))
-    out.update(status=traj.stats.status, t_converged=traj.stats.t_end, steps=traj.stats.steps,
-               run_seconds=traj.stats.wall_seconds, compile_seconds=traj.stats.compile_seconds,
+    out.update(status="converged" if converged else "not converged",
+               t_converged=getattr(stats, "t_converged", stats.t_end) if converged else math.nan,
+               t_end=stats.t_end, steps=stats.steps,
+               run_seconds=stats.wall_seconds, compile_seconds=stats.compile_seconds,
                max_nnz=int(traj.nnz[-1].max()), mean_l2sq=float(traj.l2sq[-1].mean()),
                polysemantic_expected=theory.polysemantic_expected(model.n, model.m),
                collisions_expected=theory.collisions_expected(model.n, model.m))
@@ -76,7 +97,9 @@ def parser():
     a("--executor", choices=("local", "dask", "serial"), default="local", help="where runs execute (default local)")
     a("--workers", type=int, default=None, help="worker processes (default: CPUs available)")
     a("--scheduler", default=None, help="address of a running Dask scheduler (with --executor dask)")
-    a("--resume", action="store_true", help="skip runs already stored in OUT/polysemantic_runs/")
+    a("--resume", action=BooleanOptionalAction, default=True,
+      help="reuse runs stored in OUT/polysemantic_runs/ with the same parameters and flowsim "
+           "version (default); --no-resume runs everything again")
     a("--retries", type=int, default=2, help="retries of a failed run (default 2)")
     a("--no-plot", action="store_true", help="write CSV and JSON only")
     a("--quiet", action="store_true", help="no progress bar or summary")
@@ -116,14 +139,31 @@ def specs_from_args(args):
 
 
 def per_m_table(rows, n):
-    """Mean, std and theory of the polysemantic count for each m. rows: results_table rows."""
+    """Polysemantic count per m, over the runs that converged, with the theory.
+
+    Parameters
+    ----------
+    rows : list of dict
+        ``results_table`` rows (``m``, ``status``, ``polysemantic``, ``benign``).
+    n : int
+
+    Returns
+    -------
+    list of dict, one per m (ascending)
+        ``runs``, ``converged``, ``not_converged`` (counts); ``mean``, ``std`` (ddof 1;
+        0 for one run) and ``benign_mean`` over the converged runs only (NaN when none
+        converged); ``n2_over_4m`` and ``collisions_expected``.
+    """
     table = []
     for m in sorted({r["m"] for r in rows}):
-        ys = np.array([r["polysemantic"] for r in rows if r["m"] == m], dtype=float)
-        col = np.array([r["benign"] for r in rows if r["m"] == m], dtype=float)
-        table.append(dict(m=m, runs=int(ys.size), mean=float(ys.mean()),
-                          std=float(ys.std(ddof=1)) if ys.size > 1 else 0.0,
-                          benign_mean=float(col.mean()),
+        runs = [r for r in rows if r["m"] == m]
+        ok = [r for r in runs if r["status"] == "converged"]
+        ys = np.array([r["polysemantic"] for r in ok], dtype=float)
+        col = np.array([r["benign"] for r in ok], dtype=float)
+        table.append(dict(m=m, runs=len(runs), converged=len(ok), not_converged=len(runs) - len(ok),
+                          mean=float(ys.mean()) if ok else math.nan,
+                          std=float(ys.std(ddof=1)) if len(ok) > 1 else (0.0 if ok else math.nan),
+                          benign_mean=float(col.mean()) if ok else math.nan,
                           n2_over_4m=theory.polysemantic_expected(n, m),
                           collisions_expected=theory.collisions_expected(n, m)))
     return table
@@ -135,45 +175,64 @@ def main(argv=None):
     if args.executor != "serial":  # one BLAS/numba thread per worker process
         for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
             os.environ.setdefault(var, "1")
-    from .sweep import results_table, run_sweep, write_csv
+    from .sweep import results_table, run_sweep
 
     store = args.out / "polysemantic_runs"
     tick = time.perf_counter()
-    status = _cli.EXIT_OK
     try:
         sweep = run_sweep(run_one, specs, store, executor=args.executor, workers=args.workers,
                           scheduler=args.scheduler, resume=args.resume, retries=args.retries,
                           progress=not args.quiet)
     except KeyboardInterrupt:
-        sys.stderr.write(f"{PROG}: interrupted; finished runs are in {store}/ (rerun with --resume)\n")
+        sys.stderr.write(f"{PROG}: interrupted; finished runs are in {store}/ "
+                         "(the same command again runs only what is missing)\n")
         return _cli.EXIT_INTERRUPTED
     wall = time.perf_counter() - tick
     rows = results_table(specs, sweep.results)
-    write_csv(rows, args.out / "polysemantic.csv")
     table = per_m_table(rows, args.n) if rows else []
-    meta = dict(flowsim_version=__version__, command=PROG, argv=sys.argv,
-                parameters={k: v for k, v in specs[0].params.items() if k not in ("m", "seed")},
+    _write_outputs(args, specs, sweep, rows, table, wall)
+    unconverged = [r["key"] for r in rows if r["status"] != "converged"]
+    if unconverged:
+        sys.stderr.write(f"{PROG}: warning: {len(unconverged)} of {len(rows)} runs did not converge "
+                         f"by t_max={specs[0].params['t_max']:g} (e.g. {unconverged[0]}); they are "
+                         "left out of the per-m means (raise --t-max or --tol)\n")
+    if sweep.failed:
+        sys.stderr.write(f"{PROG}: {len(sweep.failed)} runs failed: "
+                         + "; ".join(f"{k}: {v}" for k, v in list(sweep.failed.items())[:3]) + "\n")
+    if not args.quiet:
+        _print_summary(args, sweep, table, wall)
+    return 1 if sweep.failed else _cli.EXIT_OK
+
+
+def _write_outputs(args, specs, sweep, rows, table, wall):
+    """polysemantic.csv, the two figures and polysemantic.json (strict JSON: NaN as null)."""
+    from .sweep import strict_json
+
+    write_csv(args.out / "polysemantic.csv", rows)
+    meta = dict(format_version=JSON_FORMAT_VERSION, flowsim_version=__version__, command=PROG,
+                argv=sys.argv, parameters={k: v for k, v in specs[0].params.items() if k not in ("m", "seed")},
                 m=args.m, seeds=list(range(args.seed0, args.seed0 + args.seeds)),
                 executor=args.executor, workers=args.workers, wall_seconds=wall,
                 runs=len(specs), finished=len(sweep.results), skipped=len(sweep.skipped),
-                failed=sweep.failed, per_m=table)
+                rerun=sweep.rerun, failed=sweep.failed,
+                converged=sum(r["status"] == "converged" for r in rows),
+                not_converged=sum(r["status"] != "converged" for r in rows), per_m=table)
     if rows and not args.no_plot:
         from .plotting import figure3, figure3_collisions, save_figure
 
         save_figure(figure3(table, rows, args.n), args.out / "figure3_polysemantic.png")
         save_figure(figure3_collisions(rows), args.out / "figure3_collisions.png")
-    write_json(args.out / "polysemantic.json", meta)
-    if sweep.failed:
-        sys.stderr.write(f"{PROG}: {len(sweep.failed)} runs failed: "
-                         + "; ".join(f"{k}: {v}" for k, v in list(sweep.failed.items())[:3]) + "\n")
-        status = 1
-    if not args.quiet:
-        print(f"{len(sweep.results)} runs ({len(sweep.skipped)} resumed) in {wall:.1f} s")
-        print(f"{'m':>6} {'mean':>7} {'std':>6} {'n²/4m':>7}")
-        for r in table:
-            print(f"{r['m']:>6} {r['mean']:>7.2f} {r['std']:>6.2f} {r['n2_over_4m']:>7.2f}")
-        print(f"wrote {args.out}/ (figure3_polysemantic.png, figure3_collisions.png, polysemantic.csv, polysemantic.json)")
-    return status
+    write_json(args.out / "polysemantic.json", strict_json(meta))
+
+
+def _print_summary(args, sweep, table, wall):
+    print(f"{len(sweep.results)} runs finished in {wall:.1f} s ({len(sweep.skipped)} stored runs "
+          f"reused, {len(sweep.rerun)} stored runs re-run: other parameters or flowsim version)")
+    print(f"{'m':>6} {'conv.':>6} {'mean':>7} {'std':>6} {'n²/4m':>7}")
+    for r in table:
+        print(f"{r['m']:>6} {r['converged']:>3}/{r['runs']:<2} {r['mean']:>7.2f} {r['std']:>6.2f} "
+              f"{r['n2_over_4m']:>7.2f}")
+    print(f"wrote {args.out}/ (figure3_polysemantic.png, figure3_collisions.png, polysemantic.csv, polysemantic.json)")
 
 
 if __name__ == "__main__":

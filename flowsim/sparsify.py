@@ -65,6 +65,7 @@ def main(argv=None):
         t_max, stop = args.t_max, None
     dt = check_float("dt", args.dt, positive=True) if args.method in ("euler", "heun", "rk4") else None
     t_max = check_float("t_max", t_max, positive=True)
+    _cli.check_out_dir(args.out)
     save_at = default_save_times(t_max, dt, count=args.saves)
     wall0 = time.perf_counter()
     status, message = 0, None

@@ -9,7 +9,7 @@ which runs finished::
 
     specs = [RunSpec(f"m{m}_s{s}", {"n": 256, "m": m, "seed": s}) for m in ms for s in seeds]
     res = run_sweep(fn, specs, "out/runs", executor="local", workers=2)
-    write_csv(results_table(specs, res), "out/table.csv")
+    flowsim.io.write_csv("out/table.csv", results_table(specs, res))
 
 Executors: ``"serial"`` (in-process), ``"local"`` (a process pool started with the
 ``spawn`` method), ``"dask"`` (a ``dask.distributed`` cluster: an existing one at
@@ -22,9 +22,7 @@ import collections
 import concurrent.futures as cf
 import dataclasses
 import json
-import math
 import multiprocessing
-import numbers
 import os
 import pickle
 import re
@@ -39,15 +37,21 @@ from tqdm import tqdm
 
 from . import io as _io
 from ._version import __version__
-from .errors import FlowsimInputError, check_int, invalid
+from .errors import DivergenceError, FlowsimInputError, check_int, invalid
 
-__all__ = ["RunSpec", "SweepResult", "run_sweep", "load_store", "results_table", "write_csv"]
+__all__ = ["RunSpec", "SweepResult", "run_sweep", "load_store", "results_table",
+           "strict_json", "RECORD_FORMAT_VERSION"]
+
+#: Version of the run-record format. A stored record of another version (or none: an
+#: older flowsim) is re-run on resume.
+RECORD_FORMAT_VERSION = 1
 
 _KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 _KEY_ALLOWED = ("must be a string of 1-200 characters from A-Z a-z 0-9 . _ -, "
                 "not starting with . _ or -")
 _RECORD_FIELDS = ("key", "params", "result", "flowsim_version", "wall_seconds", "attempts")
 _EXECUTORS = ("local", "dask", "serial")
+_DETERMINISTIC = (FlowsimInputError, DivergenceError)   # the same again on a retry
 
 
 # --------------------------------------------------------------------------- specs/results
@@ -102,12 +106,17 @@ class SweepResult:
         Keys whose stored result was reused (``resume=True``), in spec order.
     wall_seconds : float
         Wall time of the whole sweep.
+    rerun : dict
+        key -> why, for every stored run that was not reused because it was made with
+        other params, another flowsim version or record format (``resume=True``), in
+        spec order. These runs were run again (and are in ``results`` or ``failed``).
     """
 
     results: dict
     failed: dict
     skipped: list
     wall_seconds: float
+    rerun: dict = dataclasses.field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- worker side
@@ -118,6 +127,14 @@ def _json_default(obj):
     if isinstance(obj, np.generic):
         return obj.item()
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def strict_json(obj):
+    """What strict JSON makes of ``obj``: NumPy scalars and arrays as numbers and lists,
+    tuples as lists, NaN and infinities as None (null). Raises TypeError for other types.
+    """
+    text = json.dumps(obj, default=_json_default, allow_nan=True)
+    return json.loads(text, parse_constant=lambda name: None)
 
 
 def _one_line(exc):
@@ -141,15 +158,16 @@ def _run_one(fn, params, attempt):
     Returns
     -------
     tuple (status, payload, wall_seconds)
-        ``("ok", result_dict, s)``; ``("error", message, s)`` (retried);
-        ``("fatal", message, s)`` for FlowsimInputError or a result that is not a dict
-        of JSON-ready values (not retried).
+        ``("ok", result_dict, s)`` (non-finite floats become None); ``("error", message,
+        s)`` (retried); ``("fatal", message, s)`` for a deterministic failure
+        (FlowsimInputError, DivergenceError) or a result that is not a dict of
+        JSON-ready values (not retried).
     """
     del attempt
     t0 = time.perf_counter()
     try:
         result = fn(json.loads(json.dumps(params)))
-    except FlowsimInputError as exc:
+    except _DETERMINISTIC as exc:
         return "fatal", _one_line(exc), time.perf_counter() - t0
     except Exception as exc:  # noqa: BLE001 - every failure of a run is reported, not raised
         return "error", _one_line(exc), time.perf_counter() - t0
@@ -157,7 +175,7 @@ def _run_one(fn, params, attempt):
     if not isinstance(result, Mapping) or not all(isinstance(k, str) for k in result):
         return "fatal", f"fn returned {type(result).__name__}, not a dict with string keys", wall
     try:
-        result = json.loads(json.dumps(dict(result), default=_json_default, allow_nan=True))
+        result = strict_json(dict(result))
     except (TypeError, ValueError) as exc:
         return "fatal", f"fn returned a result that is not JSON-ready: {exc}", wall
     return "ok", result, wall
@@ -212,6 +230,11 @@ class _SerialBackend(_Backend):
 
 
 class _LocalBackend(_Backend):
+    """A process pool started with ``spawn``: fresh interpreters, so no locks or threads
+    of numba, BLAS or tqdm inherited from a fork (unlike ``fork``), no server process that
+    outlives the sweep with the environment of its first use (unlike ``forkserver``), and
+    available everywhere."""
+
     def __init__(self, workers):
         self.window = workers
         self._workers = workers
@@ -323,8 +346,10 @@ def load_store(store):
     Returns
     -------
     dict
-        key -> record ``{"key", "params", "result", "flowsim_version", "wall_seconds",
-        "attempts"}``, sorted by key. Temp files (names starting with ".") are ignored.
+        key -> record ``{"format_version", "key", "params", "result",
+        "flowsim_version", "wall_seconds", "attempts"}`` (records written before format
+        versions existed have no ``format_version``), sorted by key. Temp files (names starting
+        with ".") are ignored.
     """
     store = os.fspath(store)
     if not os.path.isdir(store):
@@ -346,6 +371,22 @@ def _params_diff(stored, wanted):
     return "; ".join(f"{k}: stored {show(stored, k)}, now {show(wanted, k)}" for k in keys[:3])
 
 
+def _mismatch(record, spec):
+    """Why a stored ``record`` is not a result of ``spec`` here and now (None: it is)."""
+    stored_format = record.get("format_version")
+    if stored_format != RECORD_FORMAT_VERSION:
+        return f"format_version: stored {stored_format!r}, now {RECORD_FORMAT_VERSION!r}"
+    if record["flowsim_version"] != __version__:
+        return f"flowsim_version: stored {record['flowsim_version']!r}, now {__version__!r}"
+    if record["params"] != spec.params:
+        return _params_diff(record["params"], spec.params)
+    return None
+
+
+def _record_path(store, key):
+    return os.path.join(store, key + ".json")
+
+
 # --------------------------------------------------------------------------- the sweep
 
 def run_sweep(fn, specs, store, *, executor="local", workers=None, scheduler=None,
@@ -363,15 +404,17 @@ def run_sweep(fn, specs, store, *, executor="local", workers=None, scheduler=Non
         Keys must be distinct, also ignoring case (case-insensitive file systems).
     store : str or path-like
         Directory (created if missing) holding ``<key>.json`` per finished run:
-        ``{"key", "params", "result", "flowsim_version", "wall_seconds", "attempts"}``.
+        ``{"format_version", "key", "params", "result", "flowsim_version",
+        "wall_seconds", "attempts"}``, strict JSON (NaN and infinities stored as null).
         ``wall_seconds`` is the time of the last call of ``fn``; ``attempts`` counts the
         times the run was started here, including starts lost with a crashed pool (a
-        worker death that Dask recovers by itself is not seen, so not counted).
+        worker death that Dask recovers by itself is not seen, so not counted). A run
+        that fails for good has no record: a record left by an earlier sweep is
+        deleted (and its message in ``failed`` says so), so the store never shows a
+        result for inputs whose latest run failed.
     executor : {"local", "dask", "serial"} or concurrent.futures.Executor
-        ``"local"``: a process pool of ``workers`` processes started with ``spawn``
-        (fresh interpreters: no locks or threads of numba, BLAS or tqdm inherited from a
-        fork, unlike ``fork``; and unlike ``forkserver`` no server process that outlives
-        the sweep with the environment of its first use; available everywhere).
+        ``"local"``: a process pool of ``workers`` fresh interpreters (``spawn``: no
+        state inherited from a fork, no server process outliving the sweep).
         ``"dask"``: ``dask.distributed`` (optional dependency). ``"serial"``: in this
         process. An Executor instance is used as given and not shut down.
     workers : int, optional
@@ -382,13 +425,15 @@ def run_sweep(fn, specs, store, *, executor="local", workers=None, scheduler=Non
         a ``LocalCluster(n_workers=workers, threads_per_worker=1, processes=True)`` is
         started and closed at the end.
     resume : bool
-        Reuse stored runs whose params equal the spec's; a stored run with other params
-        raises FlowsimInputError before anything runs. ``False``: run everything and
-        overwrite stored files as runs finish.
+        Reuse a stored run when its params, flowsim version and record format all equal
+        this sweep's (``skipped``); a stored run that differs in any is run again and
+        listed in ``rerun``. ``False``: run everything and overwrite stored files as
+        runs finish.
     retries : int
-        Extra attempts of a run that raised or whose worker died (FlowsimInputError and
-        non-JSON results are not retried). A run failing ``retries + 1`` times goes into
-        ``failed``; the other runs go on.
+        Extra attempts of a run that raised or whose worker died. Deterministic
+        failures (FlowsimInputError, DivergenceError, a result that is not JSON-ready)
+        are not retried. A run failing ``retries + 1`` times goes into ``failed``; the
+        other runs go on.
     progress : bool
         Show a tqdm bar over runs on stderr.
 
@@ -409,6 +454,25 @@ def run_sweep(fn, specs, store, *, executor="local", workers=None, scheduler=Non
     and the interrupt is re-raised; every run that finished before is on disk.
     """
     t_start = time.perf_counter()
+    specs, workers, retries, store = _check_arguments(fn, specs, store, executor, workers,
+                                                      scheduler, retries)
+    os.makedirs(store, exist_ok=True)
+    done, skipped, rerun, todo = _plan(specs, store, resume)
+    failed = {}
+    if todo:
+        with tqdm(total=len(specs), initial=len(skipped), disable=not progress,
+                  file=sys.stderr, unit="run", desc="sweep", dynamic_ncols=True) as bar:
+            _Driver(fn, store, _make_backend(executor, workers, scheduler), retries, bar,
+                    done, failed).run(todo)
+    order = [s.key for s in specs]
+    return SweepResult(results={k: done[k] for k in order if k in done},
+                       failed={k: failed[k] for k in order if k in failed},
+                       skipped=skipped, wall_seconds=time.perf_counter() - t_start,
+                       rerun=rerun)
+
+
+def _check_arguments(fn, specs, store, executor, workers, scheduler, retries):
+    """Validate the arguments of :func:`run_sweep`; returns specs, workers, retries, store."""
     if not callable(fn):
         raise invalid("fn", fn, "must be a callable fn(params) -> dict")
     if isinstance(specs, (str, bytes, Mapping)):
@@ -444,138 +508,159 @@ def run_sweep(fn, specs, store, *, executor="local", workers=None, scheduler=Non
         except Exception as exc:  # noqa: BLE001 - pickle raises several types
             raise invalid("fn", fn, "must be picklable for a process pool: a top-level "
                           f"function of an importable module ({exc})") from None
-    os.makedirs(store, exist_ok=True)
+    return specs, workers, retries, store
 
-    done = {}
-    skipped = []
-    todo = []
+
+def _plan(specs, store, resume):
+    """Split ``specs`` into stored runs to reuse and runs to do (reads every record first).
+
+    Returns
+    -------
+    done : dict
+        key -> stored result of every reused run.
+    skipped : list of str
+        Keys of the reused runs.
+    rerun : dict
+        key -> why the stored run is not reused (it is in ``todo``).
+    todo : list of RunSpec
+    """
+    done, skipped, rerun, todo = {}, [], {}, []
     for spec in specs:
-        path = os.path.join(store, spec.key + ".json")
+        path = _record_path(store, spec.key)
         if resume and os.path.exists(path):
             record = _read_record(path)
-            if record["params"] != spec.params:
-                raise invalid("store", store, f"{spec.key}.json was run with other params "
-                              f"({_params_diff(record['params'], spec.params)}); use another "
-                              "store or resume=False")
-            done[spec.key] = record["result"]
-            skipped.append(spec.key)
-        else:
-            todo.append(spec)
-
-    failed = {}
-    if todo:
-        _drive(fn, todo, store, _make_backend(executor, workers, scheduler), retries,
-               progress, len(specs), len(skipped), done, failed)
-    order = [s.key for s in specs]
-    return SweepResult(results={k: done[k] for k in order if k in done},
-                       failed={k: failed[k] for k in order if k in failed},
-                       skipped=skipped, wall_seconds=time.perf_counter() - t_start)
+            why = _mismatch(record, spec)
+            if why is None:
+                done[spec.key] = record["result"]
+                skipped.append(spec.key)
+                continue
+            rerun[spec.key] = why
+        todo.append(spec)
+    return done, skipped, rerun, todo
 
 
-def _drive(fn, todo, store, backend, retries, progress, total, initial, done, failed):
-    """Submit, collect, retry and store; fills ``done`` and ``failed`` in place."""
-    index = {spec.key: i for i, spec in enumerate(todo)}
-    queue = collections.deque(todo)          # runs waiting, in spec order
-    quarantine = collections.deque()         # runs to rerun alone after a pool crash
-    quarantined = set()
-    in_flight = {}                           # future -> spec
-    starts = collections.Counter()           # submissions per key
-    charged = collections.Counter()          # failed attempts per key
-    bar = tqdm(total=total, initial=initial, disable=not progress, file=sys.stderr,
-               unit="run", desc="sweep", dynamic_ncols=True)
+class _Driver:
+    """Submits runs, collects them, retries failures and stores results.
 
-    def submit(source):
+    Fills ``done`` (key -> result) and ``failed`` (key -> message) in place; ``bar``
+    counts finished runs.
+    """
+
+    def __init__(self, fn, store, backend, retries, bar, done, failed):
+        self.fn, self.store, self.backend, self.retries = fn, store, backend, retries
+        self.bar, self.done, self.failed = bar, done, failed
+        self.index = {}                               # key -> position in spec order
+        self.queue = collections.deque()              # runs waiting, in spec order
+        self.quarantine = collections.deque()         # runs to rerun alone after a pool crash
+        self.quarantined = set()
+        self.in_flight = {}                           # future -> spec
+        self.starts = collections.Counter()           # submissions per key
+        self.charged = collections.Counter()          # failed attempts per key
+
+    def run(self, todo):
+        self.index = {spec.key: i for i, spec in enumerate(todo)}
+        self.queue.extend(todo)
+        try:
+            while self.queue or self.quarantine or self.in_flight:
+                crashed = []
+                if self._fill():
+                    finished, _ = cf.wait(self.in_flight, return_when=cf.FIRST_COMPLETED)
+                    self._collect_all(finished, crashed)
+                    if not crashed:
+                        continue
+                # A worker died: the pool is broken and every run in flight ends with it.
+                self._collect_all(cf.wait(self.in_flight)[0], crashed)
+                self._recover(crashed)
+        except BaseException:
+            self.backend.abort(list(self.in_flight))
+            raise
+        self.backend.close()
+
+    def _fill(self):
+        """Submit what may run now; False if the pool turned out to be broken."""
+        if self.quarantine:
+            return self._submit(self.quarantine) if not self.in_flight else True
+        healthy = True
+        while healthy and self.queue and (self.backend.window is None
+                                          or len(self.in_flight) < self.backend.window):
+            healthy = self._submit(self.queue)
+        return healthy
+
+    def _submit(self, source):
         """Submit the next run of ``source``; False if the pool is already broken."""
         spec = source[0]
         try:
-            future = backend.executor.submit(_run_one, fn, spec.params, starts[spec.key] + 1)
+            future = self.backend.executor.submit(_run_one, self.fn, spec.params,
+                                                  self.starts[spec.key] + 1)
         except cf.BrokenExecutor:
             return False
         source.popleft()
-        starts[spec.key] += 1
-        in_flight[future] = spec
+        self.starts[spec.key] += 1
+        self.in_flight[future] = spec
         return True
 
-    def finish(spec, message=None):
-        if message is not None:
-            failed[spec.key] = message
-            bar.set_postfix(failed=len(failed), refresh=False)
-        bar.update(1)
+    def _collect_all(self, futures, crashed):
+        for future in sorted(futures, key=lambda f: self.index[self.in_flight[f].key]):
+            self._collect(future, self.in_flight.pop(future), crashed)
 
-    def fail_attempt(spec, message, retry=True):
-        charged[spec.key] += 1
-        if retry and charged[spec.key] <= retries:
-            (quarantine if spec.key in quarantined else queue).appendleft(spec)
-        else:
-            tries = f" (after {charged[spec.key]} attempts)" if charged[spec.key] > 1 else ""
-            finish(spec, message + tries)
-
-    def collect(future, spec, crashed):
+    def _collect(self, future, spec, crashed):
         if future.cancelled():
-            return fail_attempt(spec, "CancelledError: the executor cancelled the run")
+            return self._fail_attempt(spec, "CancelledError: the executor cancelled the run")
         exc = future.exception()
         if isinstance(exc, KeyboardInterrupt):
             raise KeyboardInterrupt from exc
         if isinstance(exc, cf.BrokenExecutor):
             return crashed.append(spec)
         if exc is not None:      # e.g. Dask's KilledWorker, or fn could not be sent
-            return fail_attempt(spec, _one_line(exc))
+            return self._fail_attempt(spec, _one_line(exc))
         status, payload, wall = future.result()
-        if status == "ok":
-            record = dict(key=spec.key, params=spec.params, result=payload,
-                          flowsim_version=__version__, wall_seconds=wall,
-                          attempts=starts[spec.key])
-            _io.atomic_write_text(os.path.join(store, spec.key + ".json"),
-                               json.dumps(record, indent=1, allow_nan=True) + "\n")
-            done[spec.key] = payload
-            finish(spec)
-        else:
-            fail_attempt(spec, payload, retry=(status == "error"))
+        if status != "ok":
+            return self._fail_attempt(spec, payload, retry=(status == "error"))
+        record = dict(format_version=RECORD_FORMAT_VERSION, key=spec.key, params=spec.params,
+                      result=payload, flowsim_version=__version__, wall_seconds=wall,
+                      attempts=self.starts[spec.key])
+        _io.atomic_write_text(_record_path(self.store, spec.key),
+                              json.dumps(record, indent=1, allow_nan=False) + "\n")
+        self.done[spec.key] = payload
+        self._finish(spec)
 
-    try:
-        while queue or quarantine or in_flight:
-            healthy = True
-            if quarantine:
-                if not in_flight:
-                    healthy = submit(quarantine)
-            else:
-                while healthy and queue and (backend.window is None
-                                             or len(in_flight) < backend.window):
-                    healthy = submit(queue)
-            crashed = []
-            if healthy:
-                finished, _ = cf.wait(in_flight, return_when=cf.FIRST_COMPLETED)
-                for future in sorted(finished, key=lambda f: index[in_flight[f].key]):
-                    collect(future, in_flight.pop(future), crashed)
-                if not crashed:
-                    continue
-            # A worker died: the pool is broken and every run in flight ends with it.
-            rest, _ = cf.wait(in_flight)
-            for future in sorted(rest, key=lambda f: index[in_flight[f].key]):
-                collect(future, in_flight.pop(future), crashed)
-            message = "BrokenProcessPool: the worker process running it died"
-            if backend.rebuild is None:
-                lost = crashed + list(quarantine) + list(queue)
-                quarantine.clear()
-                queue.clear()
-                for spec in lost:
-                    finish(spec, message + " and the executor given cannot be rebuilt")
-                continue
-            backend.rebuild()
-            if len(crashed) == 1:
-                quarantined.add(crashed[0].key)
-                fail_attempt(crashed[0], message)
-            else:
-                for spec in sorted(crashed, key=lambda s: index[s.key]):
-                    quarantined.add(spec.key)
-                    quarantine.append(spec)
-    except BaseException:
-        backend.abort(list(in_flight))
-        raise
-    else:
-        backend.close()
-    finally:
-        bar.close()
+    def _recover(self, crashed):
+        """After a pool crash: rebuild it and charge the crash to the run that caused it."""
+        message = "BrokenProcessPool: the worker process running it died"
+        if self.backend.rebuild is None:
+            lost = crashed + list(self.quarantine) + list(self.queue)
+            self.quarantine.clear()
+            self.queue.clear()
+            for spec in lost:
+                self._finish(spec, message + " and the executor given cannot be rebuilt")
+            return
+        self.backend.rebuild()
+        if len(crashed) == 1:
+            self.quarantined.add(crashed[0].key)
+            self._fail_attempt(crashed[0], message)
+            return
+        for spec in sorted(crashed, key=lambda s: self.index[s.key]):
+            self.quarantined.add(spec.key)
+            self.quarantine.append(spec)
+
+    def _fail_attempt(self, spec, message, retry=True):
+        self.charged[spec.key] += 1
+        if retry and self.charged[spec.key] <= self.retries:
+            (self.quarantine if spec.key in self.quarantined else self.queue).appendleft(spec)
+        else:
+            n = self.charged[spec.key]
+            self._finish(spec, message + (f" (after {n} attempts)" if n > 1 else ""))
+
+    def _finish(self, spec, message=None):
+        if message is not None:
+            try:      # an unlink is atomic: the record is either whole or gone
+                os.remove(_record_path(self.store, spec.key))
+                message += "; the record of an earlier sweep was deleted"
+            except FileNotFoundError:
+                pass
+            self.failed[spec.key] = message
+            self.bar.set_postfix(failed=len(self.failed), refresh=False)
+        self.bar.update(1)
 
 
 # --------------------------------------------------------------------------- tables
@@ -592,7 +677,8 @@ def results_table(specs, results):
     Returns
     -------
     list of dict
-        A result field with the same name as a param must have the same value.
+        A result field with the same name as a param must have the same value. Write
+        it with :func:`flowsim.io.write_csv`.
     """
     if isinstance(results, SweepResult):
         results = results.results
@@ -611,37 +697,3 @@ def results_table(specs, results):
                 row[name] = value
         rows.append(row)
     return rows
-
-
-def _csv_cell(value):
-    if isinstance(value, np.generic):
-        value = value.item()
-    if value is None:
-        return ""
-    if isinstance(value, (bool, str)):
-        return str(value)
-    if isinstance(value, numbers.Integral):
-        return str(int(value))
-    if isinstance(value, numbers.Real):
-        x = float(value)
-        return repr(x) if math.isfinite(x) else str(x)
-    return json.dumps(value, default=_json_default, allow_nan=True)
-
-
-def write_csv(rows, path):
-    """Write rows to a CSV file atomically.
-
-    Parameters
-    ----------
-    rows : iterable of dict
-        Columns are the union of the rows' keys in first-seen order; a missing cell is
-        empty. Floats are written with ``repr`` (exact round trip), None as empty,
-        lists and dicts as JSON.
-    path : str or path-like
-        Output file; its directory is created if missing.
-    """
-    rows = list(rows)
-    if not all(isinstance(r, Mapping) for r in rows):
-        raise invalid("rows", rows, "must be an iterable of dicts")
-    columns = list(dict.fromkeys(k for r in rows for k in r))
-    _io.write_csv(path, columns, [[_csv_cell(r[c]) if c in r else "" for c in columns] for r in rows])

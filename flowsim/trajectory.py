@@ -91,15 +91,24 @@ class RunStats:
     t_end : float
         Time of the final state.
     steps : int
-        Steps taken (accepted steps for adaptive methods).
+        Accepted steps (for the fixed-step methods: steps on the grid, not counting the
+        extra steps that reach save times between grid points).
     force_evals : int
-        Evaluations of the force (right-hand side).
+        Evaluations of the force (right-hand side), all included.
     wall_seconds : float
         Wall time of the run, compile time excluded.
     compile_seconds : float
         Time spent compiling numba kernels in this run (0 when cached).
     message : str
         Human-readable detail.
+    rejected : int
+        Rejected step attempts of adaptive methods (0 for fixed steps; -1 where the
+        solver does not report them: scipy's Radau, BDF and LSODA).
+    h_min, h_max : float
+        Smallest and largest accepted step (NaN if no step was taken).
+    t_converged : float
+        With ``Stop(tol=...)``: the first time from which the convergence rule held on
+        every step for a whole window (the run ends a window later); NaN otherwise.
     """
 
     status: str
@@ -109,6 +118,10 @@ class RunStats:
     wall_seconds: float
     compile_seconds: float = 0.0
     message: str = ""
+    rejected: int = 0
+    h_min: float = math.nan
+    h_max: float = math.nan
+    t_converged: float = math.nan
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -169,27 +182,37 @@ class Trajectory:
         return np.where(hit.any(axis=0), self.t[first], np.nan)
 
     def metadata(self) -> dict:
-        """Everything that produced this result, as JSON-ready data."""
-        return {
+        """Everything that produced this result, as JSON-ready data (no NaN: null).
+
+        Includes the model, where W0 came from (``options["W0"]``: the seed, or "given"
+        with the SHA-256 of its bytes), method, dt, options, run stats and the
+        environment (:func:`flowsim.provenance.environment`).
+        """
+        from .provenance import FORMAT_VERSION, environment
+
+        return _jsonable({
+            "format_version": FORMAT_VERSION,
             "flowsim_version": __version__,
+            "environment": environment(),
             "model": self.model.as_dict(),
             "method": self.method,
             "dt": self.dt,
-            "options": _jsonable(self.options),
+            "options": self.options,
             "stats": dataclasses.asdict(self.stats),
             "saved_times": int(self.t.size),
-        }
+        })
 
 
 def _jsonable(obj):
+    """``obj`` with NumPy types converted and non-finite floats as None (JSON null)."""
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
     if isinstance(obj, np.ndarray):
-        return obj.tolist()
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
     return obj

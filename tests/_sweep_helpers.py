@@ -13,7 +13,7 @@ import uuid
 
 import numpy as np
 
-from flowsim.errors import FlowsimInputError
+from flowsim.errors import DivergenceError, FlowsimInputError
 
 LOG_ENV = "FLOWSIM_SWEEP_TEST_DIR"
 
@@ -36,9 +36,10 @@ def toy(params):
     """A small deterministic computation; ``params["mode"]`` injects failures.
 
     mode: "ok" (default), "once" (raise on the first call), "always" (always raise),
-    "input" (raise FlowsimInputError), "exit_once" (kill the worker process on the
-    first call), "interrupt" (raise KeyboardInterrupt), "bad_result" (return a non-JSON
-    value). Every mode first sleeps ``params.get("sleep", 0)`` seconds.
+    "input" (raise FlowsimInputError), "diverge" (raise DivergenceError), "exit_once"
+    (kill the worker process on the first call), "interrupt" (raise KeyboardInterrupt),
+    "bad_result" (return a non-JSON value), "nonfinite" (return NaN and infinities).
+    Every mode first sleeps ``params.get("sleep", 0)`` seconds.
     """
     mode = params.get("mode", "ok")
     log_dir = os.environ.get(LOG_ENV)
@@ -51,12 +52,16 @@ def toy(params):
         raise RuntimeError(f"{tag(params)} always fails")
     if mode == "input":
         raise FlowsimInputError(f"invalid m={params['m']!r}: toy input error")
+    if mode == "diverge":
+        raise DivergenceError(f"{tag(params)} diverged at t=1.5", t=1.5, step=15)
     if mode == "exit_once" and _first_time(tag(params)):
         os._exit(1)
     if mode == "interrupt":
         raise KeyboardInterrupt
     if mode == "bad_result":
         return {"x": object()}
+    if mode == "nonfinite":
+        return {"nan": np.nan, "inf": [np.inf, 1.0], "deep": {"m_inf": -np.inf}}
     x = np.random.default_rng(params["seed"]).standard_normal(params["m"])
     return {
         "mean": np.mean(x),                  # a NumPy scalar: converted by the sweep

@@ -65,7 +65,7 @@ def test_one_step_matches_reference(method, fb, interf, l1, p, h):
 
 
 def test_rows_kernel_stats_match_reference():
-    from flowsim.integrate import _RowsEngine
+    from flowsim._engines import RowsEngine as _RowsEngine
 
     model = flowsim.Model(n=5, m=300, lam=0.01, interference=False)
     W = _problem(5, 300, 7, 0.4, 1.0)
@@ -120,3 +120,31 @@ def test_soft_threshold_is_exact_flow_of_sign_force():
     lam, a = 0.5, 0.004  # λa = 2e-3
     expected = np.array([-1 + 2e-3, -0.3 + 2e-3, 0.0, 0.0, 0.0, 0.5 - 2e-3])
     np.testing.assert_allclose(forces.soft_threshold(x, lam * a), expected, atol=1e-15)
+
+
+@pytest.mark.parametrize("method", ["euler", "heun", "rk4"])
+@pytest.mark.parametrize("l1", [True, False])
+def test_row_kernel_follows_the_reference_when_alpha_is_not_positive(method, l1):
+    """A step so large that the map |w| <- α|w| - β has α <= 0 (issue 7, item 4): Euler
+    (and every method without L1) flips signs as the per-weight update does; heun/rk4
+    with L1 freeze signs, so every weight whose sign would flip becomes exactly 0."""
+    from flowsim._kernels import affine_step
+    from flowsim.forces import TABLEAUX
+
+    a, b = TABLEAUX[method]
+    hits = 0
+    for N, h in [(1.16, 7.07), (1.2152, 9.33), (1.5, 4.0), (3.0, 1.2), (1.1, 12.0)]:
+        model = flowsim.Model(n=1, m=40, lam=0.002, l1=l1, interference=False, seed=5)
+        W = model.initial_weights()
+        W *= np.sqrt(N / (W * W).sum())
+        k = float(np.count_nonzero(W))
+        al = affine_step(np.abs(W).sum(), N, k, h, a, b, 1.0, 1.0, model.l1_strength,
+                         np.empty(b.size), np.empty(b.size))[0]
+        if al > 0:
+            continue
+        hits += 1
+        ref = forces.reference_step(W, model, h, method)
+        got = simulate(model, h, method=method, dt=h, W0=W, save_at=[]).W
+        np.testing.assert_array_equal(got == 0, ref == 0)
+        np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max(initial=1.0))
+    assert hits >= 1  # the α <= 0 branch was exercised

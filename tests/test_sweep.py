@@ -1,4 +1,5 @@
 """Tests of flowsim.sweep: executors agree, resume, retries, crashes, interrupts, store."""
+import ast
 import collections
 import concurrent.futures as cf
 import csv
@@ -13,11 +14,14 @@ import pytest
 
 import _sweep_helpers as helpers
 from flowsim import sweep
+from flowsim import __version__, io
 from flowsim.errors import FlowsimInputError
-from flowsim.sweep import RunSpec, load_store, results_table, run_sweep, write_csv
+from flowsim.io import write_csv
+from flowsim.sweep import RECORD_FORMAT_VERSION, RunSpec, load_store, results_table, run_sweep
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-FIELDS = {"key", "params", "result", "flowsim_version", "wall_seconds", "attempts"}
+FIELDS = {"format_version", "key", "params", "result", "flowsim_version", "wall_seconds",
+          "attempts"}
 
 
 @pytest.fixture
@@ -53,7 +57,7 @@ def specs_for(ms=(3, 5), seeds=(0, 1, 2), modes=None):
 
 def sweep_csv(specs, store, path, **kw):
     res = run_sweep(helpers.toy, specs, store, progress=False, **kw)
-    write_csv(results_table(specs, res), path)
+    write_csv(path, results_table(specs, res))
     return res, path.read_bytes()
 
 
@@ -74,10 +78,11 @@ def test_local_pool_and_given_executor_match_serial(tmp_path, log_dir):
         assert pool.submit(int, "7").result() == 7          # used as given, not shut down
     assert loc_csv == ser_csv and giv_csv == ser_csv
     assert list(ser.results) == [s.key for s in specs]      # spec order
-    assert loc.results == ser.results and not ser.failed and ser.skipped == []
+    assert loc.results == ser.results and not ser.failed and ser.skipped == [] and ser.rerun == {}
     assert stored_without_timing(tmp_path / "loc") == stored_without_timing(tmp_path / "ser")
     record = load_store(tmp_path / "ser")["m5_s2"]
     assert set(record) == FIELDS and record["attempts"] == 1
+    assert record["format_version"] == RECORD_FORMAT_VERSION and record["flowsim_version"] == __version__
     assert record["params"] == specs[-1].params and record["result"] == ser.results["m5_s2"]
     # NumPy scalar and array results are stored as plain JSON numbers and lists
     assert isinstance(record["result"]["mean"], float) and len(record["result"]["quartiles"]) == 3
@@ -157,19 +162,73 @@ def test_interrupt_from_local_pool_does_not_wait_for_running_runs(tmp_path, log_
     assert "m5_s1" not in executions(log_dir)        # never submitted after the interrupt
 
 
-def test_mismatched_params_in_store_raise_and_resume_false_overwrites(tmp_path, log_dir):
+def edit_record(store, key, change):
+    path = store / f"{key}.json"
+    record = json.loads(path.read_text())
+    change(record)
+    path.write_text(json.dumps(record))
+
+
+def test_stored_runs_made_otherwise_are_rerun_and_counted(tmp_path, log_dir):
     store = tmp_path / "store"
-    run_sweep(helpers.toy, [RunSpec("a", {"m": 3, "seed": 0})], store, executor="serial",
-              progress=False)
-    changed = [RunSpec("a", {"m": 4, "seed": 0})]
+    specs = [RunSpec(k, {"m": 3, "seed": s}) for s, k in enumerate("abcd")]
+    run_sweep(helpers.toy, specs, store, executor="serial", progress=False)
+    edit_record(store, "b", lambda r: r.pop("format_version"))          # an older flowsim
+    edit_record(store, "c", lambda r: r.update(flowsim_version="0.0.1"))
+    specs[0] = RunSpec("a", {"m": 4, "seed": 0})                         # other params
     before = executions(log_dir)
-    with pytest.raises(FlowsimInputError, match=r"^invalid store=.*m: stored 3, now 4"):
-        run_sweep(helpers.toy, changed, store, executor="serial", progress=False)
-    assert executions(log_dir) == before                 # checked before running anything
-    res = run_sweep(helpers.toy, changed, store, executor="serial", resume=False,
+    res = run_sweep(helpers.toy, specs, store, executor="serial", progress=False)
+    assert res.skipped == ["d"]
+    assert res.rerun == {"a": "m: stored 3, now 4",
+                         "b": f"format_version: stored None, now {RECORD_FORMAT_VERSION}",
+                         "c": f"flowsim_version: stored '0.0.1', now {__version__!r}"}
+    assert executions(log_dir) - before == {"m4_s0": 1, "m3_s1": 1, "m3_s2": 1}
+    stored = load_store(store)
+    assert stored["a"]["params"] == {"m": 4, "seed": 0}
+    assert {r["format_version"] for r in stored.values()} == {RECORD_FORMAT_VERSION}
+    assert {r["flowsim_version"] for r in stored.values()} == {__version__}
+    fresh = run_sweep(helpers.toy, specs, tmp_path / "fresh", executor="serial", progress=False)
+    assert res.results == fresh.results
+    # resume=False: everything runs again and overwrites, nothing counts as reused
+    before = executions(log_dir)
+    res = run_sweep(helpers.toy, specs, store, executor="serial", resume=False,
                     progress=False)
-    assert res.skipped == [] and load_store(store)["a"]["params"] == {"m": 4, "seed": 0}
-    assert len(res.results["a"]["quartiles"]) == 3
+    assert res.skipped == [] and res.rerun == {} and res.results == fresh.results
+    assert sum((executions(log_dir) - before).values()) == 4
+
+
+def test_run_that_now_fails_leaves_no_stored_record(tmp_path, log_dir):
+    store = tmp_path / "store"
+    specs = specs_for(ms=(3,), seeds=(0, 1, 2))
+    run_sweep(helpers.toy, specs, store, executor="serial", progress=False)
+    # resume=False and the same params: the run now fails, its old record goes
+    failing = specs_for(ms=(3,), seeds=(0, 1, 2), modes={"m3_s0": "always"})
+    res = run_sweep(helpers.toy, failing, store, executor="serial", resume=False, retries=1,
+                    progress=False)
+    assert list(res.failed) == ["m3_s0"]
+    assert res.failed["m3_s0"].endswith("(after 2 attempts); the record of an earlier "
+                                        "sweep was deleted")
+    assert sorted(load_store(store)) == ["m3_s1", "m3_s2"]
+    # resume: a stored run with other params is rerun; when that fails its record goes too
+    failing = specs_for(ms=(3,), seeds=(0, 1, 2), modes={"m3_s1": "input"})
+    res = run_sweep(helpers.toy, failing, store, executor="serial", progress=False)
+    assert res.skipped == ["m3_s2"] and list(res.rerun) == ["m3_s1"]
+    assert list(res.failed) == ["m3_s1"] and "deleted" in res.failed["m3_s1"]
+    assert list(res.results) == ["m3_s0", "m3_s2"] and sorted(load_store(store)) == ["m3_s0", "m3_s2"]
+    assert not [n for n in os.listdir(store) if n.startswith(".")]
+
+
+def test_records_are_strict_json_with_null_for_nonfinite(tmp_path, log_dir):
+    specs = specs_for(ms=(3,), seeds=(0,), modes={"m3_s0": "nonfinite"})
+    res = run_sweep(helpers.toy, specs, tmp_path / "s", executor="serial", progress=False)
+
+    def reject(name):
+        raise AssertionError(f"bare {name} in a stored record")
+
+    record = json.loads((tmp_path / "s" / "m3_s0.json").read_text(), parse_constant=reject)
+    assert record["result"] == {"nan": None, "inf": [None, 1.0], "deep": {"m_inf": None}}
+    assert res.results["m3_s0"] == record["result"]          # what is returned is what is stored
+    assert record["format_version"] == RECORD_FORMAT_VERSION
 
 
 # ---------------------------------------------------------------- failures
@@ -185,6 +244,7 @@ def test_run_that_raises_once_is_retried(tmp_path, log_dir):
 @pytest.mark.parametrize("mode, calls, text", [
     ("always", 3, "RuntimeError: m3_s0 always fails [_sweep_helpers.py:"),
     ("input", 1, "FlowsimInputError: invalid m=3: toy input error"),
+    ("diverge", 1, "DivergenceError: m3_s0 diverged at t=1.5"),
     ("bad_result", 1, "not JSON-ready"),
 ])
 def test_failing_run_is_recorded_and_others_go_on(tmp_path, log_dir, mode, calls, text):
@@ -336,7 +396,7 @@ def test_results_table_and_write_csv(tmp_path):
     rows = results_table(specs, results)
     assert rows == [{"key": "a", "m": 2, "lam": 0.1, "loss": rows[0]["loss"]},
                     {"key": "b", "m": 3, "loss": 1 / 3, "hist": [1, 2]}]   # c failed: no row
-    write_csv(rows, tmp_path / "sub" / "t.csv")
+    write_csv(tmp_path / "sub" / "t.csv", rows)
     got = list(csv.reader(open(tmp_path / "sub" / "t.csv")))
     assert got == [["key", "m", "lam", "loss", "hist"], ["a", "2", "0.1", "nan", ""],
                    ["b", "3", "", repr(1 / 3), "[1, 2]"]]
@@ -344,3 +404,23 @@ def test_results_table_and_write_csv(tmp_path):
     assert os.listdir(tmp_path / "sub") == ["t.csv"]
     with pytest.raises(FlowsimInputError, match=r"field 'm' is 5 in the result"):
         results_table(specs, {"a": {"m": 5}})
+
+
+def test_one_csv_writer_for_dict_and_sequence_rows(tmp_path):
+    assert not hasattr(sweep, "write_csv")            # one CSV writer: flowsim.io.write_csv
+    io.write_csv(tmp_path / "d.csv", [{"x": 0.1, "y": None}, {"y": True, "z": [1.5]}], ["z", "x"])
+    io.write_csv(tmp_path / "s.csv", [[0.1, ""], ["1", 2]], ["x", "y"])
+    assert (tmp_path / "d.csv").read_text() == 'z,x\n,0.1\n[1.5],\n'
+    assert (tmp_path / "s.csv").read_text() == "x,y\n0.1,\n1,2\n"
+    for rows in ([{"x": 1}, [1]], ["ab"], [3]):
+        with pytest.raises(FlowsimInputError, match=r"^invalid rows="):
+            io.write_csv(tmp_path / "bad.csv", rows)
+    assert not (tmp_path / "bad.csv").exists()
+
+
+def test_no_long_functions():
+    """No function of the sweep module (with its docstring) is over 80 lines."""
+    tree = ast.parse(open(sweep.__file__, encoding="utf-8").read())
+    long = {f.name: f.end_lineno - f.lineno + 1 for f in ast.walk(tree)
+            if isinstance(f, ast.FunctionDef) and f.end_lineno - f.lineno + 1 > 80}
+    assert long == {}
