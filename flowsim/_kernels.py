@@ -324,6 +324,17 @@ def add_sign_force(W, lam, F):
 
 
 @numba.njit(**_opts)
+def release_sign(f, lam):
+    """The release rule, the one place it is written for the kernels: a zero weight on
+    which the other forces sum to ``f`` leaves 0 with sign(f) when ``|f| > λ`` and
+    stays pinned (0 returned) otherwise, the exact (Filippov) flow of the sign force.
+    NumPy reference: :func:`flowsim.forces.release_sign`."""
+    if abs(f) > lam:
+        return 1.0 if f > 0.0 else -1.0
+    return 0.0
+
+
+@numba.njit(**_opts)
 def sign_pattern(W, F0, lam, s):
     """Frozen signs for a step: sign(w), or sign(F) for a released zero, else 0."""
     n, m = W.shape
@@ -336,7 +347,7 @@ def sign_pattern(W, F0, lam, s):
                 s[i, k] = -1.0
             else:
                 f = F0[i, k]
-                s[i, k] = (1.0 if f > 0.0 else -1.0) if abs(f) > lam else 0.0
+                s[i, k] = release_sign(F0[i, k], lam)
 
 
 @numba.njit(**_opts)
@@ -523,12 +534,13 @@ def sparse_force(U, widx, wcnt, colrows, colstart, colcnt, fb, c, lam, release, 
             f = cand[k2]
             cand[k2] = 0.0
             candmark[k2] = False
-            if abs(f) > lam:
+            sg = release_sign(f, lam)
+            if sg != 0.0:
                 p = wcnt[i]
                 widx[i, p] = k2
                 wcnt[i] = p + 1
                 F[i, p] = f
-                ws[i, p] = 1.0 if f > 0.0 else -1.0
+                ws[i, p] = sg
                 nrel += 1
     return nrel
 

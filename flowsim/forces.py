@@ -83,13 +83,31 @@ def total_force(W, model):
 
 
 def loss(W, model):
-    """Total loss of the simulated model (sum over rows of ``row_stats(W)['loss']``).
+    """Total loss of the simulated model, terms of switched-off forces dropped::
+
+        [fb] Σ_i (1 - |W_i|²)²  +  [interf] Σ_{i≠j} ReLU(W_i·W_j)²  +  [l1] λ |W|₁
 
     With ``c = 4`` the smooth forces are minus its gradient.
     """
-    from .trajectory import row_stats
+    W = np.asarray(W, dtype=np.float64)
+    total = 0.0
+    if model.feature_benefit:
+        total += float(np.sum((1.0 - np.sum(W * W, axis=1)) ** 2))
+    if model.interference:
+        P = np.maximum(W @ W.T, 0.0)
+        np.fill_diagonal(P, 0.0)
+        total += float(np.sum(P * P))
+    if model.l1:
+        total += model.lam * float(np.abs(W).sum())
+    return total
 
-    return float(row_stats(W, model)["loss"].sum())
+
+def release_sign(F, lam):
+    """The release rule: a zero weight on which the other forces sum to F leaves 0 with
+    sign(F) where ``|F| > λ`` and stays pinned (0) otherwise. Elementwise; the kernels'
+    ``_kernels.release_sign`` is its numba twin."""
+    F = np.asarray(F, dtype=np.float64)
+    return np.where(np.abs(F) > lam, np.sign(F), 0.0)
 
 
 def soft_threshold(x, a):
@@ -121,7 +139,7 @@ def reference_step(W, model, h, method):
     a, b = TABLEAUX[method]
     if model.l1:
         F0 = smooth_force(W, model)
-        s = np.where(W != 0, np.sign(W), np.where(np.abs(F0) > lam, np.sign(F0), 0.0))
+        s = np.where(W != 0, np.sign(W), release_sign(F0, lam))
     else:
         s = None
     K = []

@@ -148,3 +148,19 @@ def test_row_kernel_follows_the_reference_when_alpha_is_not_positive(method, l1)
         np.testing.assert_array_equal(got == 0, ref == 0)
         np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max(initial=1.0))
     assert hits >= 1  # the α <= 0 branch was exercised
+
+
+def test_release_rule_kernel_matches_reference():
+    from flowsim._kernels import release_sign
+
+    F = np.array([-0.3, -0.1, -0.1 + 1e-12, 0.0, 0.1, 0.1 + 1e-12, 0.4])
+    ref = forces.release_sign(F, 0.1)
+    np.testing.assert_array_equal([release_sign(f, 0.1) for f in F], ref)
+    np.testing.assert_array_equal(ref, [-1, 0, 0, 0, 0, 1, 1])
+
+
+def test_loss_reference_equals_row_stats_sum():
+    for interf in (True, False):
+        model = flowsim.Model(n=5, m=9, lam=0.03, interference=interf, seed=1)
+        W = model.initial_weights() * 2.0
+        assert forces.loss(W, model) == pytest.approx(row_stats(W, model)["loss"].sum(), rel=1e-13)
