@@ -97,7 +97,7 @@ def run_ivp(model, W, times, method, dt, stop, snapshots, progress, options):
         raise divergence_error(model, method, None, run.t, run.accepted, run.rec, run.W, options,
                                time.perf_counter() - wall0, comp) from None
     finally:
-        bar.close(run.t, run.W)
+        bar.close(run.t, lambda: np.count_nonzero(run.W, axis=1).max())
     if run.status == "completed":
         run.t = run.t_max
     if run.rec.t[-1] != run.t:
@@ -170,7 +170,7 @@ class _IvpRun:
                 return self._restart(event, sol, active, sa, t_seg)
             self.W, self.t = self.flow.full(solver.y, active), solver.t
             rate = float(np.max(np.abs(solver.y - y_old), initial=0.0)) / (solver.t - solver.t_old)
-            bar.update(self.t, self.W)
+            bar.update(self.t, lambda: np.count_nonzero(self.W, axis=1).max())
             if K.converged_after(False, rate, self.t, self.conv_tol, self.conv_window, self.conv):
                 self.status = "converged"
             elif solver.status == "finished":

@@ -91,8 +91,9 @@ class Progress:
                         bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
         self._last = 0.0
 
-    def update(self, t, W=None, force=False):
-        """Show the state at time t (weights W, needed for the m′ scale); at most 10/s."""
+    def update(self, t, nnz=None, force=False):
+        """Show the state at time t (``nnz()``, the largest m′ of a row, is called only
+        when the m′ scale needs it); at most 10 refreshes a second."""
         if self.bar is None:
             return
         now = time.perf_counter()
@@ -100,21 +101,21 @@ class Progress:
             return
         self._last = now
         info = f"t={t:.6g}"
-        if self.log_span and W is not None:
-            nnz = max(int(np.count_nonzero(W, axis=1).max()), 1)
-            frac = math.log(self.nnz0 / nnz) / self.log_span
-            info += f", max m'={nnz}"
+        if self.log_span and nnz is not None:
+            now_nnz = max(int(nnz()), 1)
+            frac = math.log(self.nnz0 / now_nnz) / self.log_span
+            info += f", max m'={now_nnz}"
         else:
             frac = (t - self.t0) / (self.t_max - self.t0)
         self.bar.n = int(1000 * min(max(frac, 0.0), 1.0))
         self.bar.set_description_str(f"{self.head} ({info})", refresh=False)
         self.bar.refresh()
 
-    def close(self, t=None, W=None):
+    def close(self, t=None, nnz=None):
         """Show the final state (when given) and leave the bar on its own line."""
         if self.bar is not None:
             if t is not None:
-                self.update(t, W, force=True)
+                self.update(t, nnz, force=True)
             self.bar.close()
 
 

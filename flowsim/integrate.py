@@ -297,7 +297,7 @@ class _Stepper:
             self.t, self.j, code = float(out[K.OUT_T]), int(out[K.OUT_J]), int(out[K.OUT_STATUS])
             self.steps += self.j - j_prev
             self.jmax = int(min(max(self.jmax * min(0.2 / max(took, 1e-4), 4.0), 1), 1 << 40))
-            self.bar.update(self.t, engine.W)
+            self.bar.update(self.t, lambda: _nnz_max(engine))
             if code == K.STATUS_NONFINITE:
                 raise FloatingPointError
             if code in _STATUS:
@@ -341,7 +341,7 @@ def _run_explicit(model, W, times, method, dt, stop, snapshots, progress, option
         wall = time.perf_counter() - wall0
         raise divergence_error(model, method, dt, run.t, run.steps, rec, engine.W, options, wall, comp) from None
     finally:
-        bar.close(run.t, engine.W)
+        bar.close(run.t, lambda: _nnz_max(engine))
     if run.status == "completed":
         run.t = t_max
     elif rec.t[-1] != run.t:
@@ -356,6 +356,12 @@ def _run_explicit(model, W, times, method, dt, stop, snapshots, progress, option
     stats = RunStats(run.status, run.t, run.steps, int(run.out[K.OUT_EVALS]), wall, comp, message,
                      rejected=0, h_min=h_min, h_max=dt if run.steps else math.nan, t_converged=t_conv)
     return rec.trajectory(method, dt, engine.W, stats, options)
+
+
+def _nnz_max(engine):
+    """Largest m′ of a row (O(n) on the rows engine, which keeps the counts)."""
+    cnt = getattr(engine, "cnt", None)
+    return int(cnt.max(initial=0)) if cnt is not None else int(np.count_nonzero(engine.W, axis=1).max(initial=0))
 
 
 def _march(run, times, rec, t_max):
