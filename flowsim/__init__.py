@@ -10,6 +10,7 @@ Public API (everything else is internal)::
     flowsim.metrics     polysemanticity metrics
     flowsim.sweep       sweeps on any concurrent.futures executor (local, Dask)
     flowsim.io          atomic saving of results with their metadata
+    flowsim.noise       the noisy-hidden-layer model (Section 3): NoiseModel, train, drift_check
     flowsim.plotting    the paper's figures as functions returning Figures
 """
 from ._version import __version__

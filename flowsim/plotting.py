@@ -276,7 +276,7 @@ def figure5_noise(lam_rows, sigma_rows, m):
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("after the last step")
     axes[0].set_ylim(-0.03, 1.05)
-    axes[1].legend(fontsize=7, loc="upper left")
+    axes[1].legend(fontsize=7, loc="center left")
     return fig
 
 
@@ -308,7 +308,7 @@ def figure7_noise(run, instance=0, stuck_below=0.5):
     ax1.axhline(stuck_below, color="k", lw=0.6, ls=":")
     ax1.set_xlabel("gradient steps")
     ax1.set_ylabel(r"$\|W_i\|_4^4$")
-    ax1.set_ylim(0, 1.02)
+    ax1.set_ylim(0, max(1.05, float(np.nanmax(l4)) * 1.02))
     ax1.grid(True, alpha=0.3)
     ax1.legend(fontsize=7, ncol=2)
     ax1.set_title(f"(a) {mdl.distribution} σ={mdl.sigma:g}, η={mdl.eta:g}, instance {instance}", fontsize=10)
@@ -376,8 +376,9 @@ def figure_kurtosis_theory(checks):
             if dist == "normal":
                 continue
             color = f"C{d}"
-            ax.errorbar(win, c.excess[d], yerr=2 * c.excess_se[d], fmt="o-", color=color, capsize=3,
+            ax.errorbar(win, c.excess[d], yerr=2 * c.excess_se[d], fmt="o", color=color, capsize=3,
                         label=f"{dist} (κ={c.kurtosis[d]:+g}) measured ± 2 s.e.")
+            ax.plot(win[1:], c.excess[d][1:], color=color, lw=0.8)
             ax.axhline(c.regulariser_drift[d], color=color, ls="--", lw=1)
             if np.isfinite(c.exact[d]):
                 ax.plot([1.0], [c.exact[d] - c.exact[c.distributions.index("normal")]], "*", color=color, ms=12)
@@ -386,10 +387,105 @@ def figure_kurtosis_theory(checks):
             ax.plot([], [], "k*", ms=10, label="exact one-step value")
         ax.axhline(0, color="k", lw=0.6)
         ax.set_xscale("log")
-        ax.set_yscale("symlog", linthresh=1e-8)
+        ax.set_yscale("symlog", linthresh=1e-9)
         ax.set_xlabel("window (steps) from the shared start W0")
         ax.set_ylabel(r"per-step change of mean $\|W_i\|_4^4$ minus normal noise's")
         ax.set_title(f"{title}\nσ={c.sigma:g}, η={c.eta:g}, {c.sharing} noise, f̄(W0)={c.f0:.3f}", fontsize=9)
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=7)
+    return fig
+
+
+def figure3_compare(tables, n, published=None, runs=None, count="threshold"):
+    """Figure 3 for several training procedures: polysemantic neurons against m (log–log).
+
+    Parameters
+    ----------
+    tables : dict of str -> list of dict
+        Label (e.g. ``"flow"``, ``"adamw"``) -> per-m rows with ``m``, ``mean``, ``std``.
+    n : int
+        Number of features (for n²/(4m)).
+    published : dict of int -> (float, float), optional
+        Read-offs of the published figure, m -> (low, high); drawn as black stars (with
+        a bar when low < high).
+    runs : dict of str -> list of (m, count), optional
+        Single runs of each label, drawn faintly beside its means.
+    count : str
+        The counting rule, for the axis label (``"threshold"`` or ``"window"``).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    fig = Figure(figsize=(7.2, 5.2), layout="constrained")
+    ax = fig.subplots()
+    labels = list(tables)
+    shift = {lab: np.exp(0.04 * (k - (len(labels) - 1) / 2)) for k, lab in enumerate(labels)}
+    rng = np.random.default_rng(0)
+    for k, lab in enumerate(labels):
+        color = f"C{k}"
+        if runs and lab in runs and runs[lab]:
+            rm, ry = (np.array(v, dtype=float) for v in zip(*runs[lab]))
+            rx = rm * shift[lab] * np.exp(rng.uniform(-0.015, 0.015, rm.size))
+            ok = ry > 0
+            ax.scatter(rx[ok], ry[ok], s=7, color=color, alpha=0.3)
+        t = tables[lab]
+        m = np.array([r["m"] for r in t], dtype=float)
+        mean = np.array([r["mean"] for r in t], dtype=float)
+        std = np.array([r["std"] for r in t], dtype=float)
+        ax.errorbar(m * shift[lab], mean, yerr=std, fmt="o-", color=color, capsize=3, lw=1,
+                    label=f"{lab}: mean ± std ({'single runs faint' if runs else 'over runs'})")
+    ms = np.array([r["m"] for t in tables.values() for r in t], dtype=float)
+    if ms.size:
+        mm = np.geomspace(ms.min(), ms.max(), 100)
+        ax.plot(mm, n * n / (4.0 * mm), color="C3", ls="--", label=r"$n^2/(4m)$")
+    if published:
+        pm = np.array(sorted(published), dtype=float)
+        lo = np.array([published[k][0] for k in sorted(published)], dtype=float)
+        hi = np.array([published[k][1] for k in sorted(published)], dtype=float)
+        mid = (lo + hi) / 2
+        ax.errorbar(pm, mid, yerr=[mid - lo, hi - mid], fmt="*", color="k", ms=11, capsize=4,
+                    label="published Figure 3 (AdamW), read off the plot")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("hidden neurons m")
+    rule = r"$0.8 \leq |W_{ik}| \leq 1.2$" if count == "window" else r"$|W_{ik}| > $ threshold"
+    ax.set_ylabel(f"polysemantic neurons (≥ 2 features with {rule})")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"n = {n}: " + " vs ".join(labels), fontsize=10)
+    return fig
+
+
+def figure3_compare_runs(pairs, xlabel, ylabel):
+    """Per-run scatter of two procedures' counts on the same initial weights.
+
+    Parameters
+    ----------
+    pairs : list of dict
+        One per run with ``m`` and the counts under keys ``xlabel`` and ``ylabel``
+        (``polysemantic.paired_rows``).
+    xlabel, ylabel : str
+        Keys (and axis names) of the two counts, e.g. ``"flow"`` and ``"adamw"``.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    fig = Figure(figsize=(6, 5), layout="constrained")
+    ax = fig.subplots()
+    x = np.array([p[xlabel] for p in pairs], dtype=float)
+    y = np.array([p[ylabel] for p in pairs], dtype=float)
+    m = np.array([p["m"] for p in pairs], dtype=float)
+    top = max(x.max(), y.max(), 1) + 1
+    rng = np.random.default_rng(1)
+    sc = ax.scatter(x + rng.uniform(-0.2, 0.2, x.size), y + rng.uniform(-0.2, 0.2, y.size),
+                    c=np.log2(m), s=14, cmap="viridis", alpha=0.8)
+    ax.plot([0, top], [0, top], color="k", lw=0.8, ls="--", label="y = x")
+    ax.set_xlabel(f"polysemantic neurons, {xlabel}")
+    ax.set_ylabel(f"polysemantic neurons, {ylabel} (same initial weights)")
+    fig.colorbar(sc, ax=ax, label="log2 m")
+    ax.legend(fontsize=8)
+    ax.grid(True, alpha=0.3)
+    ax.set_title(f"{len(pairs)} runs, one point each (jittered ±0.2)", fontsize=10)
     return fig

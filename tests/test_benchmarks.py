@@ -10,7 +10,8 @@ BENCH = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 @pytest.mark.parametrize("script, extra", [("bench_polysemantic.py", ["--no-torch"]),
-                                           ("bench_sparsify.py", ["--repeats", "1"])])
+                                           ("bench_sparsify.py", ["--repeats", "1"]),
+                                           ("bench_noise.py", ["--no-torch", "--repeats", "1"])])
 def test_benchmark_script_quick(script, extra, tmp_path):
     out = tmp_path / "r.json"
     r = subprocess.run([sys.executable, str(BENCH / script), "--quick", "--json", str(out), *extra],
@@ -21,5 +22,5 @@ def test_benchmark_script_quick(script, extra, tmp_path):
     if script == "bench_polysemantic.py":
         assert data["identical_supports"] is True
         assert data["ratio_numpy_over_flowsim"] > 1
-    else:
+    elif script == "bench_sparsify.py":
         assert data["runs"]["euler_dt0.5"]["nnz_vs_baseline"]["differing_times"] == 0
