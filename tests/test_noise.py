@@ -259,7 +259,8 @@ def test_divergence_stops_with_step_and_keeps_last_finite_state():
 
 def test_ctrl_c_keeps_the_records_reached():
     model = nz.NoiseModel(8, 16, sigma=0.1, instances=2)
-    timer = threading.Timer(0.4, os.kill, (os.getpid(), signal.SIGINT))
+    nz.train(model, 10, record_at=[0, 10], workers=2)  # compile first: the signal must land in the steps
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     try:
         with pytest.warns(FlowsimWarning, match="interrupted"):
