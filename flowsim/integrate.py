@@ -252,8 +252,10 @@ def _run_reduced(model, W, times, stop, snapshots, progress, options):
     bar = Progress(progress, "reduced", times[0], times[-1], stop, int(np.count_nonzero(W, axis=1).max()))
     try:
         traj = solve_reduced(reduced_model, W, times, rtol=options["rtol"], atol=options["atol"],
-                             max_nnz=None if stop is None else stop.max_nnz, snapshots=snapshots,
-                             progress=lambda t: bar.update(t))
+                             max_nnz=None if stop is None else stop.max_nnz,
+                             tol=None if stop is None else stop.tol,
+                             window=10.0 if stop is None else stop.window,
+                             snapshots=snapshots, progress=lambda t: bar.update(t))
     finally:
         bar.close()
     extra = {k: v for k, v in options.items() if k not in traj.options}

@@ -11,33 +11,35 @@ with N_i = ‖W_i‖² and fb, l1 the force switches (0/1). Sorting each row's n
 (A, B) and prefix sums of powers of the a_l, evaluated at the alive count
 m′ = #{l : A a_l > B}.
 
-Two numerical choices differ from integrating (A, B) literally with an explicit method:
+Numerical choices:
 
 * **State (A, s) with s = A a_1 - B**, the current value of the row's largest weight
   (negative once every weight is gone). B/A tends to a_1 as the row sparsifies, so
-  ``A a_l - B`` cancels catastrophically late in training (A grows like e^{λt}: at
-  t = 10/λ, A a_1 ≈ 10^5 for a weight of 1). In terms of the gaps d_l = a_1 - a_l
-  (ascending) the alive weights are ``s - A d_l``, which is well conditioned for the
-  whole run. A(t) and B(t) = A a_1 - s are still reported.
-* **Radau (implicit) by default.** Once ‖W_i‖ ≈ 1 the flow relaxes ‖W_i‖ at rate ~2c
-  while sparsifying on the time scale 1/λ: the system is stiff, and an explicit method
-  (DOP853) needs ~c t_max/3 steps (3·10^5 at λ = 1e-5, t_max = 10/λ). Radau with the
-  analytic Jacobian needs a few thousand. The default ``"radau-numba"`` is a port of
-  scipy's Radau IIA (order 5) into one numba kernel that integrates each row on its own
-  with its own steps (~1 µs per step instead of scipy's ~300 µs of Python); scipy's
-  solvers (``"Radau"``, ``"LSODA"``, ...) integrate all rows jointly and stay selectable
-  as the reference.
+  ``A a_l - B`` cancels catastrophically late in training; with the gaps
+  d_l = a_1 - a_l (ascending) the alive weights are ``s - A d_l``, well conditioned.
+* **Terminal phase (u, s), u = ln A.** Once the weights left are the row's largest
+  (tied) ones, all with d_l = 0, A no longer enters the weights, but it keeps growing
+  like exp(λt/w*) (w* the surviving weight) and A² overflows near λt ≈ 350. From the
+  step on which the last weight with d_l > 0 dies, the row integrates
+  u' = fb c (1 - N), s' = fb c (1 - N) s - l1 λ instead: the same flow, bounded for
+  every t. Dead weights stay dead (at s = A d_l, (s - A d_l)' = -λ < 0), so the
+  weights only need A d_l ≥ s there: A is reported saturated at 2^255 (``log_A`` is
+  the true ln A).
+* **Radau IIA per row** (:mod:`flowsim._radau`, a numba port of scipy's Radau): once
+  ‖W_i‖ ≈ 1 the norm relaxes at rate ~2c while the row sparsifies on the time scale
+  1/λ, a stiff system; each row takes its own steps (~0.5 µs each). scipy's solvers
+  (``"Radau"``, ``"LSODA"``, ...) integrate all rows jointly as the reference (up to
+  the terminal phase: they keep (A, s) and overflow on long runs).
 
 N is C¹ in (A, s) (a weight leaves the sum quadratically), so the adaptive solver copes
-with the kinks where m′ changes.
-
-When the L1 force is inactive (switched off or λ = 0) nothing ever dies, B ≡ 0 and the
-weights are exactly ``A W0``; statistics and weights are then computed from that form
-so that every nonzero initial weight stays nonzero exactly.
+with the kinks where m′ changes. When the L1 force is inactive (switched off or λ = 0)
+nothing dies, B ≡ 0 and the weights are exactly ``A W0``; statistics and weights are
+then computed from that form so that every nonzero initial weight stays nonzero.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 
 import numba
@@ -45,7 +47,8 @@ import numpy as np
 import scipy.integrate
 import scipy.sparse
 
-from .errors import DivergenceError, check_int, invalid
+from . import _radau as rd
+from .errors import DivergenceError, check_float, check_int, invalid
 from .model import Model
 from .trajectory import RunStats, Trajectory, finish_stats
 
@@ -54,6 +57,9 @@ ODE_METHODS = ("radau-numba", "Radau", "BDF", "LSODA", "DOP853", "RK45")
 _IMPLICIT = ("Radau", "BDF", "LSODA")
 #: Rows up to which the Jacobian is passed dense rather than sparse.
 _DENSE_JAC_ROWS = 8
+#: A reported in the terminal phase once the true A exceeds it (A⁴ is finite), its ln.
+_A_SAT = 2.0 ** 255
+_LOG_A_SAT = 255.0 * math.log(2.0)
 
 
 # --------------------------------------------------------------------------- kernels
@@ -215,67 +221,6 @@ def _materialise_kernel(W0, a1, A, s, out):
             out[i, k] = v
 
 
-# ------------------------------------------------------ Radau IIA (order 5) in numba
-# A port of scipy.integrate._ivp.radau (scipy 1.17) specialised to one row's 2-D state
-# y = (A, s): the same constants, simplified Newton iterations on the collocation
-# system through the real and complex transformed 2×2 systems, the embedded error
-# estimate, the Gustafsson step-size controller with the same safety factors, and the
-# same rule for reusing the Jacobian. Differences from scipy:
-# * steps are clipped to end exactly on every save time; after a clipped step the
-#   controller's unclipped proposal is kept if it is larger than its new one;
-# * the 2×2 systems are solved afresh from (J, h) whenever they are needed (scipy keeps
-#   a factorisation made for another h after a step clipped to t_bound);
-# * a step that crosses the max_nnz event is redone with the step length that puts the
-#   event on its end point (Illinois iterations on that length).
-_S6 = 6.0 ** 0.5
-_RC = np.array([(4.0 - _S6) / 10.0, (4.0 + _S6) / 10.0, 1.0])
-_RE = np.array([-13.0 - 7.0 * _S6, -13.0 + 7.0 * _S6, -1.0]) / 3.0
-_MU_REAL = 3.0 + 3.0 ** (2.0 / 3.0) - 3.0 ** (1.0 / 3.0)
-_MU_COMPLEX = (3.0 + 0.5 * (3.0 ** (1.0 / 3.0) - 3.0 ** (2.0 / 3.0))
-               - 0.5j * (3.0 ** (5.0 / 6.0) + 3.0 ** (7.0 / 6.0)))
-_RT = np.array([
-    [0.09443876248897524, -0.14125529502095421, 0.03002919410514742],
-    [0.25021312296533332, 0.20412935229379994, -0.38294211275726192],
-    [1.0, 1.0, 0.0]])
-_RTI = np.array([
-    [4.17871859155190428, 0.32768282076106237, 0.52337644549944951],
-    [-4.17871859155190428, -0.32768282076106237, 0.47662355450055044],
-    [0.50287263494578682, -2.57192694985560522, 0.59603920482822492]])
-_RTI_COMPLEX = _RTI[1] + 1j * _RTI[2]
-_RP = np.array([
-    [13.0 / 3.0 + 7.0 * _S6 / 3.0, -23.0 / 3.0 - 22.0 * _S6 / 3.0, 10.0 / 3.0 + 5.0 * _S6],
-    [13.0 / 3.0 - 7.0 * _S6 / 3.0, -23.0 / 3.0 + 22.0 * _S6 / 3.0, 10.0 / 3.0 - 5.0 * _S6],
-    [1.0 / 3.0, -8.0 / 3.0, 10.0 / 3.0]])
-_NEWTON_MAXITER = 6
-_MIN_FACTOR = 0.2
-_MAX_FACTOR = 10.0
-#: Relative width in t of the bracket that locates the max_nnz event.
-_EVENT_RTOL = 1e-14
-_EVENT_MAXITER = 100
-
-# Row status codes, ist[:, _I_STATUS].
-_RUNNING, _DONE, _EVENT, _WAITING = 0, 1, 2, 3
-_FAIL_STEP, _FAIL_NONFINITE, _FAIL_EVENT = -1, -2, -3
-_FAILURES = {
-    _FAIL_STEP: "step size underflow",
-    _FAIL_NONFINITE: "non-finite right-hand side (step size underflow)",
-    _FAIL_EVENT: "Newton iterations failed while locating the max_nnz event",
-}
-# Float state of a row, fs[i, :]: time, state, its derivative, proposed step, previous
-# proposal and error norm (NaN: none), Jacobian (J_AA, J_As, J_sA, J_ss), dense output
-# of the last step (Q: 2×3, its start t_old, y_old, length h_prev; h_prev = 0: none),
-# end time of the current phase, event gap d (NaN: no event).
-_F_T, _F_A, _F_S, _F_FA, _F_FS, _F_H, _F_HOLD, _F_EOLD = range(8)
-_F_J = 8
-_F_Q = 12
-_F_TOLD, _F_YOLD_A, _F_YOLD_S, _F_HPREV, _F_TEND, _F_EVD = range(18, 24)
-_NF = 24
-# Integer state of a row, ist[i, :]: status, next save index, accepted steps, rhs and
-# Jacobian evaluations, Jacobian-is-current flag, alive-count hint.
-_I_STATUS, _I_SAVE, _I_STEPS, _I_NFEV, _I_NJEV, _I_CURJAC, _I_HINT = range(7)
-_NI = 7
-
-
 @numba.njit(cache=True, error_model="numpy")
 def _alive_count_near(d_row, nz, A, s, hint):
     """:func:`_alive_count`, searched by galloping from ``hint`` (same result)."""
@@ -314,468 +259,195 @@ def _alive_count_near(d_row, nz, A, s, hint):
     return _bisect(d_row, lo, hi, A, s)
 
 
-@numba.njit(cache=True, error_model="numpy")
-def _solve2(a, b, c, d, r0, r1):
-    """Solve [[a, b], [c, d]] x = (r0, r1) by Gaussian elimination with pivoting."""
-    if abs(c) > abs(a):
-        a, b, c, d = c, d, a, b
-        r0, r1 = r1, r0
-    m = c / a
-    x1 = (r1 - m * r0) / (d - m * b)
-    return (r0 - b * x1) / a, x1
+# ------------------------------------------------------------ per-row driver (numba)
+# Row status, ROW["status"]; negative: the port's failure codes (rd.FAIL_*).
+_RUNNING, _DONE, _EVENT = 0, 1, 2
+#: Model state of a row beside the port's rd.STATE: status, next save index, alive
+#: count hint, phase (0: state (A, s); 1: terminal, (ln A, s)), event gap d (NaN: no
+#: event; the event is s - A d reaching 0), end of the current run and the limit
+#: ``cap`` up to which the convergence rule may extend it, start of the current quiet
+#: stretch (convergence rule), alive count at the last step, time of the event.
+ROW = np.dtype([
+    ("status", np.int64), ("save", np.int64), ("hint", np.int64), ("phase", np.int64),
+    ("ev", np.float64), ("t_end", np.float64), ("cap", np.float64),
+    ("t_quiet", np.float64), ("k_last", np.int64), ("t_event", np.float64),
+])
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _eval_f(d_row, nz, p1, p2, c_fb, lam_l1, A, s, ist_row):
-    k = _alive_count_near(d_row, nz, A, s, ist_row[_I_HINT])
-    ist_row[_I_HINT] = k
-    ist_row[_I_NFEV] += 1
-    return _row_force(k, p1[k], p2[k], A, s, c_fb, lam_l1)
+def _stretch(phase, y0):
+    """A of the row's state component y0 (saturated in the terminal phase)."""
+    if phase == 0:
+        return y0
+    return np.exp(y0) if y0 < _LOG_A_SAT else _A_SAT
 
 
-@numba.njit(cache=True, error_model="numpy")
-def _eval_jac(d_row, nz, p1, p2, c_fb, A, s, ist_row, fs_row):
-    k = _alive_count_near(d_row, nz, A, s, ist_row[_I_HINT])
-    ist_row[_I_HINT] = k
-    ist_row[_I_NJEV] += 1
-    jaa, jas, jsa, jss = _row_jac(k, p1[k], p2[k], A, s, c_fb)
-    fs_row[_F_J] = jaa
-    fs_row[_F_J + 1] = jas
-    fs_row[_F_J + 2] = jsa
-    fs_row[_F_J + 3] = jss
+# inlined into _serve: passing the row arrays to a call would count references
+@numba.njit(cache=True, error_model="numpy", inline="always")
+def _model_f(d_row, nz, p1, p2, ties, c_fb, lam_l1, r, y0, y1):
+    """(y0', y1') of one row; (A', s') or, in the terminal phase, (u', s')."""
+    if r.phase == 0:
+        k = _alive_count_near(d_row, nz, y0, y1, r.hint)
+        r.hint = k
+        return _row_force(k, p1[k], p2[k], y0, y1, c_fb, lam_l1)
+    k = ties if y1 > 0.0 else 0  # alive: the tied largest weights (d = 0, p1 = p2 = 0)
+    r.hint = k
+    return _row_force(k, p1[k], p2[k], 1.0, y1, c_fb, lam_l1)
 
 
-@numba.njit(cache=True, error_model="numpy")
-def _collocation(d_row, nz, p1, p2, c_fb, lam_l1, fs_row, ist_row, h, Z0, scA, scS,
-                 newton_tol, Z, W, F, dW):
-    """scipy's solve_collocation_system for one row: Z (3, 2) written.
-
-    Returns (converged, n_iter, rate, nonfinite); rate is NaN after one iteration.
-    """
-    yA = fs_row[_F_A]
-    yS = fs_row[_F_S]
-    jaa = fs_row[_F_J]
-    jas = fs_row[_F_J + 1]
-    jsa = fs_row[_F_J + 2]
-    jss = fs_row[_F_J + 3]
-    m_real = _MU_REAL / h
-    m_cplx = _MU_COMPLEX / h
-    for r in range(3):
-        for j in range(2):
-            W[r, j] = _RTI[r, 0] * Z0[0, j] + _RTI[r, 1] * Z0[1, j] + _RTI[r, 2] * Z0[2, j]
-            Z[r, j] = Z0[r, j]
-    dw_norm_old = -1.0
-    rate = np.nan
-    converged = False
-    nonfinite = False
-    k = 0
-    for k in range(_NEWTON_MAXITER):
-        for r in range(3):
-            fa, fsv = _eval_f(d_row, nz, p1, p2, c_fb, lam_l1, yA + Z[r, 0], yS + Z[r, 1],
-                              ist_row)
-            F[r, 0] = fa
-            F[r, 1] = fsv
-        if not (np.isfinite(F[0, 0]) and np.isfinite(F[0, 1]) and np.isfinite(F[1, 0])
-                and np.isfinite(F[1, 1]) and np.isfinite(F[2, 0]) and np.isfinite(F[2, 1])):
-            nonfinite = True
-            break
-        fr0 = F[0, 0] * _RTI[0, 0] + F[1, 0] * _RTI[0, 1] + F[2, 0] * _RTI[0, 2] - m_real * W[0, 0]
-        fr1 = F[0, 1] * _RTI[0, 0] + F[1, 1] * _RTI[0, 1] + F[2, 1] * _RTI[0, 2] - m_real * W[0, 1]
-        fc0 = (F[0, 0] * _RTI_COMPLEX[0] + F[1, 0] * _RTI_COMPLEX[1] + F[2, 0] * _RTI_COMPLEX[2]
-               - m_cplx * (W[1, 0] + 1j * W[2, 0]))
-        fc1 = (F[0, 1] * _RTI_COMPLEX[0] + F[1, 1] * _RTI_COMPLEX[1] + F[2, 1] * _RTI_COMPLEX[2]
-               - m_cplx * (W[1, 1] + 1j * W[2, 1]))
-        xr0, xr1 = _solve2(m_real - jaa, -jas, -jsa, m_real - jss, fr0, fr1)
-        xc0, xc1 = _solve2(m_cplx - jaa, -jas + 0j, -jsa + 0j, m_cplx - jss, fc0, fc1)
-        dW[0, 0] = xr0
-        dW[0, 1] = xr1
-        dW[1, 0] = xc0.real
-        dW[1, 1] = xc1.real
-        dW[2, 0] = xc0.imag
-        dW[2, 1] = xc1.imag
-        acc = 0.0
-        for r in range(3):
-            acc += (dW[r, 0] / scA) ** 2 + (dW[r, 1] / scS) ** 2
-        dw_norm = np.sqrt(acc / 6.0)
-        if dw_norm_old >= 0.0:
-            rate = dw_norm / dw_norm_old
-        if rate == rate and (rate >= 1.0 or rate ** (_NEWTON_MAXITER - k) / (1.0 - rate)
-                             * dw_norm > newton_tol):
-            break
-        for r in range(3):
-            for j in range(2):
-                W[r, j] += dW[r, j]
-        for r in range(3):
-            for j in range(2):
-                Z[r, j] = _RT[r, 0] * W[0, j] + _RT[r, 1] * W[1, j] + _RT[r, 2] * W[2, j]
-        if dw_norm == 0.0 or (rate == rate and rate / (1.0 - rate) * dw_norm < newton_tol):
-            converged = True
-            break
-        dw_norm_old = dw_norm
-    return converged, k + 1, rate, nonfinite
-
-
-@numba.njit(cache=True, error_model="numpy")
-def _predict_factor(h_abs, h_abs_old, error_norm, error_norm_old):
-    """scipy's predict_factor; NaN stands for None."""
-    if error_norm_old != error_norm_old or h_abs_old != h_abs_old or error_norm == 0.0:
-        multiplier = 1.0
+# inlined into _serve: passing the row arrays to a call would count references
+@numba.njit(cache=True, error_model="numpy", inline="always")
+def _model_jac(d_row, nz, p1, p2, ties, c_fb, r, y0, y1, J):
+    """Jacobian of :func:`_model_f` into J (2, 2)."""
+    if r.phase == 0:
+        k = _alive_count_near(d_row, nz, y0, y1, r.hint)
+        a = y0
     else:
-        multiplier = h_abs / h_abs_old * (error_norm_old / error_norm) ** 0.25
-    if error_norm == 0.0:
-        return np.inf
-    return min(1.0, multiplier) * error_norm ** -0.25
+        k = ties if y1 > 0.0 else 0
+        a = 1.0
+    r.hint = k
+    jaa, jas, jsa, jss = _row_jac(k, p1[k], p2[k], a, y1, c_fb)
+    J[0, 0] = jaa if r.phase == 0 else 0.0  # u' does not depend on u
+    J[0, 1] = jas
+    J[1, 0] = jsa
+    J[1, 1] = jss
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _dense_guess(fs_row, t, h, Z0):
-    """Z0[r] = (dense output of the last step at t + h C_r) - y; zeros without one."""
-    hp = fs_row[_F_HPREV]
-    for r in range(3):
-        if hp > 0.0:
-            x = (t + h * _RC[r] - fs_row[_F_TOLD]) / hp
-            x2 = x * x
-            x3 = x2 * x
-            for j in range(2):
-                q = fs_row[_F_Q + 3 * j: _F_Q + 3 * j + 3]
-                y_old = fs_row[_F_YOLD_A + j]
-                Z0[r, j] = y_old + q[0] * x + q[1] * x2 + q[2] * x3 - fs_row[_F_A + j]
-        else:
-            Z0[r, 0] = 0.0
-            Z0[r, 1] = 0.0
+def _serve(req, st, ws, d_row, nz, p1, p2, ties, c_fb, lam_l1, r):
+    """Answer the Radau port's requests (:mod:`flowsim._radau`) until it is done.
 
-
-@numba.njit(cache=True, error_model="numpy")
-def _radau_init(d, nz, P1, P2, c_fb, lam_l1, rtol, atol, a1, t_bound, ev_d, fs, ist):
-    """Initial state of every row at t = 0: derivative, Jacobian, first step.
-
-    fs : (n, _NF), ist : (n, _NI), written. The first step is scipy's
-    select_initial_step (error order 3) on the interval (0, t_bound).
+    Returns rd.DONE or a failure code.
     """
-    for i in range(nz.size):
-        fr = fs[i]
-        ir = ist[i]
-        for j in range(_NF):
-            fr[j] = 0.0
-        for j in range(_NI):
-            ir[j] = 0
-        fr[_F_A] = 1.0
-        fr[_F_S] = a1[i]
-        fr[_F_HOLD] = np.nan
-        fr[_F_EOLD] = np.nan
-        fr[_F_TEND] = t_bound
-        fr[_F_EVD] = ev_d[i]
-        ir[_I_HINT] = nz[i]
-        d_row, p1, p2 = d[i], P1[i], P2[i]
-        y0A, y0S = 1.0, a1[i]
-        f0A, f0S = _eval_f(d_row, nz[i], p1, p2, c_fb, lam_l1, y0A, y0S, ir)
-        fr[_F_FA] = f0A
-        fr[_F_FS] = f0S
-        _eval_jac(d_row, nz[i], p1, p2, c_fb, y0A, y0S, ir, fr)
-        ir[_I_CURJAC] = 1
-        if t_bound == 0.0:
-            fr[_F_H] = 0.0
-            continue
-        scA = atol + abs(y0A) * rtol
-        scS = atol + abs(y0S) * rtol
-        d0 = np.sqrt(((y0A / scA) ** 2 + (y0S / scS) ** 2) / 2.0)
-        d1 = np.sqrt(((f0A / scA) ** 2 + (f0S / scS) ** 2) / 2.0)
-        if d0 < 1e-5 or d1 < 1e-5:
-            h0 = 1e-6
+    while req > 0:
+        if req == rd.REQ_F3:
+            for q in range(3):
+                fa, fs = _model_f(d_row, nz, p1, p2, ties, c_fb, lam_l1, r,
+                                  st.y[0] + ws.Z[q, 0], st.y[1] + ws.Z[q, 1])
+                ws.F[q, 0] = fa
+                ws.F[q, 1] = fs
+        elif req == rd.REQ_F:
+            fa, fs = _model_f(d_row, nz, p1, p2, ties, c_fb, lam_l1, r, ws.p[0], ws.p[1])
+            ws.fp[0] = fa
+            ws.fp[1] = fs
         else:
-            h0 = 0.01 * d0 / d1
-        h0 = min(h0, t_bound)
-        f1A, f1S = _eval_f(d_row, nz[i], p1, p2, c_fb, lam_l1, y0A + h0 * f0A,
-                           y0S + h0 * f0S, ir)
-        d2 = np.sqrt((((f1A - f0A) / scA) ** 2 + ((f1S - f0S) / scS) ** 2) / 2.0) / h0
-        if d1 <= 1e-15 and d2 <= 1e-15:
-            h1 = max(1e-6, h0 * 1e-3)
-        else:
-            h1 = (0.01 / max(d1, d2)) ** (1.0 / 4.0)
-        fr[_F_H] = min(100.0 * h0, h1, t_bound)
-
-
-@numba.njit(cache=True)
-def _save_dense(fr, Z, t, yA, yS, h):
-    """Store the collocation polynomial of the step from t (length h) for dense output."""
-    for j in range(2):
-        for c in range(3):
-            fr[_F_Q + 3 * j + c] = (Z[0, j] * _RP[0, c] + Z[1, j] * _RP[1, c]
-                                    + Z[2, j] * _RP[2, c])
-    fr[_F_TOLD] = t
-    fr[_F_YOLD_A] = yA
-    fr[_F_YOLD_S] = yS
-    fr[_F_HPREV] = h
+            _model_jac(d_row, nz, p1, p2, ties, c_fb, r, st.y[0], st.y[1], ws.jac)
+        req = rd.resume(st, ws)
+    return req
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _radau_advance(d, nz, P1, P2, c_fb, lam_l1, rtol, atol, save_t, max_steps, fs, ist,
-                   out_A, out_s):
+def _init_rows(d, nz, P1, P2, ties, a1, c_fb, lam_l1, ev, t_max, st, rows, work):
+    """Every row at t = 0: (A, s) = (1, a1), or (u, s) = (0, a1) if only ties are alive."""
+    ws = work[0]
+    for i in range(nz.size):
+        r = rows[i]
+        r.status = _RUNNING
+        r.save = 0
+        r.hint = nz[i]
+        terminal = lam_l1 > 0.0 and c_fb > 0.0 and nz[i] > 0 and nz[i] == ties[i]
+        r.phase = 1 if terminal else 0
+        r.ev = ev[i]
+        r.t_end = t_max
+        r.cap = t_max
+        r.t_quiet = 0.0
+        r.k_last = nz[i]
+        r.t_event = np.nan
+        req = rd.start(st[i], ws, 0.0, 0.0 if terminal else 1.0, a1[i], t_max)
+        _serve(req, st[i], ws, d[i], nz[i], P1[i], P2[i], ties[i], c_fb, lam_l1, r)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _write_saves(st, r, i, save_t, out_A, out_s, out_u):
+    """Record the row's state at every save time it has reached (A, s and ln A)."""
+    j = r.save
+    while j < save_t.size and save_t[j] <= st.t:
+        out_A[j, i] = _stretch(r.phase, st.y[0])
+        out_s[j, i] = st.y[1]
+        out_u[j, i] = st.y[0] if r.phase == 1 else np.log(st.y[0])
+        j += 1
+    r.save = j
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _track(st, r, d_row, y0, y1, conv_tol, conv_window):
+    """Convergence rule on the step just taken from state (y0, y1).
+
+    It holds when no weight died and max|ΔW|/Δt <= conv_tol; the alive weights are
+    s - A d_l, so max|ΔW| = max(|Δs|, |Δs - ΔA d_{k-1}|). Else the quiet stretch
+    restarts and the row's end moves to a window later (at most to ``cap``).
+    """
+    k = r.hint  # the last evaluation was at the step's end point
+    h = st.t - st.t_old
+    ds = st.y[1] - y1
+    rate = 0.0
+    if k > 0:
+        rate = abs(ds)
+        if r.phase == 0:
+            rate = max(rate, abs(ds - (st.y[0] - y0) * d_row[k - 1]))
+        rate /= h
+    if k != r.k_last or rate > conv_tol:
+        r.t_quiet = st.t
+        r.t_end = min(max(r.t_end, st.t + conv_window), r.cap)
+    r.k_last = k
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _advance(d, nz, P1, P2, ties, c_fb, lam_l1, conv_tol, conv_window, save_t, max_steps,
+             st, rows, work, out_A, out_s, out_u):
     """Advance every running row by at most ``max_steps`` accepted steps.
 
-    A row runs until its phase end fs[i, _F_TEND] (status _DONE), its event (the
-    weight ``s - A * fs[i, _F_EVD]`` reaching 0; status _EVENT, the row then sits
-    exactly at the event time) or a failure (negative status). Each row writes its
-    state at every save time it reaches into out_A, out_s (T, n).
-
-    Returns
-    -------
-    int
-        Accepted steps taken in this call.
+    A row runs to rows[i].t_end (status _DONE), to its event (status _EVENT; it then
+    sits exactly on it) or a failure (negative status); it writes its state at every
+    save time it reaches into out_A, out_s, out_u (T, n). conv_tol > 0 tracks the
+    convergence rule (:func:`_track`). Returns the accepted steps taken.
     """
-    newton_tol = max(10.0 * 2.220446049250313e-16 / rtol, min(0.03, rtol ** 0.5))
-    n_save = save_t.size
-    Z0 = np.empty((3, 2))
-    Z = np.empty((3, 2))
-    Zt = np.empty((3, 2))
-    W = np.empty((3, 2))
-    F = np.empty((3, 2))
-    dW = np.empty((3, 2))
+    ws = work[0]
     taken = 0
     for i in range(nz.size):
-        fr = fs[i]
-        ir = ist[i]
-        if ir[_I_STATUS] != _RUNNING:
+        r = rows[i]
+        if r.status != _RUNNING:
             continue
-        d_row, nzi, p1, p2 = d[i], nz[i], P1[i], P2[i]
-        t_end = fr[_F_TEND]
-        ev = fr[_F_EVD]
+        s = st[i]
+        d_row, nzi, p1, p2, z = d[i], nz[i], P1[i], P2[i], ties[i]
         for _ in range(max_steps):
-            t = fr[_F_T]
-            if t >= t_end:
-                ir[_I_STATUS] = _DONE
+            if r.save < save_t.size and save_t[r.save] <= s.t:
+                _write_saves(s, r, i, save_t, out_A, out_s, out_u)
+            if s.t >= r.t_end:
+                r.status = _DONE
                 break
-            yA = fr[_F_A]
-            yS = fr[_F_S]
-            fA = fr[_F_FA]
-            fS = fr[_F_FS]
-            min_step = 10.0 * abs(np.nextafter(t, np.inf) - t)
-            h_abs = fr[_F_H]
-            h_abs_old = fr[_F_HOLD]
-            error_norm_old = fr[_F_EOLD]
-            if h_abs < min_step:
-                h_abs = min_step
-                h_abs_old = np.nan
-                error_norm_old = np.nan
-            j_save = ir[_I_SAVE]
-            while j_save < n_save and save_t[j_save] <= t:
-                out_A[j_save, i] = yA
-                out_s[j_save, i] = yS
-                j_save += 1
-            ir[_I_SAVE] = j_save
-            target = t_end
-            if j_save < n_save and save_t[j_save] < target:
-                target = save_t[j_save]
-            current_jac = ir[_I_CURJAC] == 1
-            rejected = False
-            failed = 0
-            nonfinite = False
-            h = 0.0
-            h_pre = 0.0
-            clipped = False
-            t_new = t
-            n_iter = 0
-            rate = np.nan
-            error_norm = 0.0
-            safety = 0.0
-            while True:
-                if not h_abs >= min_step:  # also catches NaN
-                    failed = _FAIL_NONFINITE if nonfinite else _FAIL_STEP
-                    break
-                h_pre = h_abs
-                t_new = t + h_abs
-                clipped = t_new > target
-                if clipped:
-                    t_new = target
-                h = t_new - t
-                h_abs = h
-                _dense_guess(fr, t, h, Z0)
-                scA = atol + abs(yA) * rtol
-                scS = atol + abs(yS) * rtol
-                converged = False
-                while not converged:
-                    converged, n_iter, rate, nonfinite = _collocation(
-                        d_row, nzi, p1, p2, c_fb, lam_l1, fr, ir, h, Z0, scA, scS,
-                        newton_tol, Z, W, F, dW)
-                    if not converged:
-                        if current_jac:
-                            break
-                        _eval_jac(d_row, nzi, p1, p2, c_fb, yA, yS, ir, fr)
-                        current_jac = True
-                if not converged:
-                    h_abs *= 0.5
-                    continue
-                nA = yA + Z[2, 0]
-                nS = yS + Z[2, 1]
-                zeA = (Z[0, 0] * _RE[0] + Z[1, 0] * _RE[1] + Z[2, 0] * _RE[2]) / h
-                zeS = (Z[0, 1] * _RE[0] + Z[1, 1] * _RE[1] + Z[2, 1] * _RE[2]) / h
-                m_real = _MU_REAL / h
-                jaa, jas, jsa, jss = fr[_F_J], fr[_F_J + 1], fr[_F_J + 2], fr[_F_J + 3]
-                eA, eS = _solve2(m_real - jaa, -jas, -jsa, m_real - jss, fA + zeA, fS + zeS)
-                scA = atol + max(abs(yA), abs(nA)) * rtol
-                scS = atol + max(abs(yS), abs(nS)) * rtol
-                error_norm = np.sqrt(((eA / scA) ** 2 + (eS / scS) ** 2) / 2.0)
-                safety = 0.9 * (2 * _NEWTON_MAXITER + 1) / (2 * _NEWTON_MAXITER + n_iter)
-                if rejected and error_norm > 1.0:
-                    gA, gS = _eval_f(d_row, nzi, p1, p2, c_fb, lam_l1, yA + eA, yS + eS, ir)
-                    eA, eS = _solve2(m_real - jaa, -jas, -jsa, m_real - jss,
-                                     gA + zeA, gS + zeS)
-                    error_norm = np.sqrt(((eA / scA) ** 2 + (eS / scS) ** 2) / 2.0)
-                if not error_norm <= 1.0:  # NaN too: reject
-                    nonfinite = error_norm != error_norm
-                    factor = _predict_factor(h_abs, h_abs_old, error_norm, error_norm_old)
-                    h_abs *= max(_MIN_FACTOR, safety * factor)
-                    rejected = True
-                else:
-                    break
-            if failed != 0:
-                ir[_I_STATUS] = failed
+            target = r.t_end
+            if r.save < save_t.size and save_t[r.save] < target:
+                target = save_t[r.save]
+            y0 = s.y[0]
+            y1 = s.y[1]
+            # event s - A d = 0; a row with an event reaches the terminal phase only on
+            # it or with d = 0, where the event is s = 0
+            req = rd.step(s, ws, target, -r.ev if r.phase == 0 else 0.0 * r.ev, 1.0)
+            req = _serve(req, s, ws, d_row, nzi, p1, p2, z, c_fb, lam_l1, r)
+            if req < 0:
+                r.status = req
                 break
-            recompute_jac = n_iter > 2 and rate > 1e-3
-            factor = _predict_factor(h_abs, h_abs_old, error_norm, error_norm_old)
-            factor = min(_MAX_FACTOR, safety * factor)
-            if not recompute_jac and factor < 1.2:
-                factor = 1.0
-            h_next = h_abs * factor
-            if clipped and h_pre > h_next:
-                h_next = h_pre
-            event = ev == ev and nS - nA * ev <= 0.0
-            if event:
-                # redo the step with the length that ends it on the event
-                _save_dense(fr, Z, t, yA, yS, h)
-                lo = 0.0
-                g_lo = yS - yA * ev
-                hi = h
-                g_hi = nS - nA * ev
-                side = 0
-                scA = atol + abs(yA) * rtol
-                scS = atol + abs(yS) * rtol
-                for _it in range(_EVENT_MAXITER):
-                    if g_hi == 0.0 or hi - lo <= _EVENT_RTOL * abs(t + hi):
-                        break
-                    ht = hi - g_hi * (hi - lo) / (g_hi - g_lo)
-                    if not (lo < ht < hi) or t + ht == t + lo or t + ht == t + hi:
-                        ht = 0.5 * (lo + hi)
-                    if not (t + lo < t + ht < t + hi):
-                        break
-                    _dense_guess(fr, t, ht, Z0)
-                    ok, _n, _r, _nf = _collocation(d_row, nzi, p1, p2, c_fb, lam_l1, fr,
-                                                   ir, ht, Z0, scA, scS, newton_tol, Zt, W,
-                                                   F, dW)
-                    if not ok and not current_jac:
-                        _eval_jac(d_row, nzi, p1, p2, c_fb, yA, yS, ir, fr)
-                        current_jac = True
-                        ok, _n, _r, _nf = _collocation(d_row, nzi, p1, p2, c_fb, lam_l1,
-                                                       fr, ir, ht, Z0, scA, scS,
-                                                       newton_tol, Zt, W, F, dW)
-                    if not ok:
-                        failed = _FAIL_EVENT
-                        break
-                    g_t = (yS + Zt[2, 1]) - (yA + Zt[2, 0]) * ev
-                    if g_t > 0.0:
-                        lo = ht
-                        g_lo = g_t
-                        if side == 1:
-                            g_hi *= 0.5
-                        side = 1
-                    else:
-                        hi = ht
-                        g_hi = g_t
-                        for r in range(3):
-                            Z[r, 0] = Zt[r, 0]
-                            Z[r, 1] = Zt[r, 1]
-                        if side == -1:
-                            g_lo *= 0.5
-                        side = -1
-                if failed != 0:
-                    ir[_I_STATUS] = failed
-                    break
-                h = hi
-                t_new = t + hi
-                nA = yA + Z[2, 0]
-                nS = yS + Z[2, 1]
-            fnA, fnS = _eval_f(d_row, nzi, p1, p2, c_fb, lam_l1, nA, nS, ir)
-            if recompute_jac:
-                _eval_jac(d_row, nzi, p1, p2, c_fb, nA, nS, ir, fr)
-                current_jac = True
-            else:
-                current_jac = False
-            # dense output of the accepted step
-            _save_dense(fr, Z, t, yA, yS, h)
-            fr[_F_HOLD] = fr[_F_H]
-            fr[_F_EOLD] = error_norm
-            fr[_F_H] = h_next
-            fr[_F_T] = t_new
-            fr[_F_A] = nA
-            fr[_F_S] = nS
-            fr[_F_FA] = fnA
-            fr[_F_FS] = fnS
-            ir[_I_CURJAC] = 1 if current_jac else 0
-            ir[_I_STEPS] += 1
             taken += 1
-            while j_save < n_save and save_t[j_save] <= t_new:
-                out_A[j_save, i] = nA
-                out_s[j_save, i] = nS
-                j_save += 1
-            ir[_I_SAVE] = j_save
-            if event:
-                ir[_I_STATUS] = _EVENT
+            if r.save < save_t.size and save_t[r.save] <= s.t:
+                _write_saves(s, r, i, save_t, out_A, out_s, out_u)
+            if conv_tol > 0.0:
+                _track(s, r, d_row, y0, y1, conv_tol, conv_window)
+            if r.phase == 0 and lam_l1 > 0.0 and c_fb > 0.0 and r.hint <= z:
+                r.phase = 1  # only tied largest weights are left: to (ln A, s)
+                req = rd.restart(s, ws, np.log(s.y[0]), s.y[1])
+                _serve(req, s, ws, d_row, nzi, p1, p2, z, c_fb, lam_l1, r)
+            if ws.event_hit:
+                r.status = _EVENT
+                r.t_event = s.t
                 break
-            if t_new >= t_end:
-                ir[_I_STATUS] = _DONE
+            if s.t >= r.t_end:
+                r.status = _DONE
                 break
     return taken
 
 
-# ----------------------------------------------------------------- NumPy references
-# _jac_kernel is checked against central differences of _rhs_reference, and
-# _moments_kernel against flowsim.trajectory.row_stats of the materialised weights.
-def _materialise_reference(W0, a1, A, s):
-    """NumPy reference of :func:`_materialise_kernel` (same operations, same rounding)."""
-    W0 = np.asarray(W0, dtype=np.float64)
-    v = s[:, None] - A[:, None] * (a1[:, None] - np.abs(W0))
-    return np.where((W0 != 0) & (v > 0), np.sign(W0) * v, 0.0)
-
-
-def _prefix_power_sums_reference(x):
-    """NumPy reference of :func:`_prefix_power_sums` (extended-precision cumsum).
-
-    Returns
-    -------
-    list of 4 ndarrays, each shape (n, m + 1)
-    """
-    x = np.asarray(x, dtype=np.longdouble)
-    out = []
-    for p in range(1, 5):
-        cs = np.cumsum(x**p, axis=1)
-        out.append(np.concatenate([np.zeros((x.shape[0], 1)), cs.astype(np.float64)], axis=1))
-    return out
-
-
-def _alive_reference(d_row, nz, A, s):
-    """NumPy reference of :func:`_alive_count` (searchsorted, then exact fix-up)."""
-    if nz == 0:
-        return 0
-    k = int(np.searchsorted(d_row[:nz], s / A, side="left"))
-    while k > 0 and not A * d_row[k - 1] < s:
-        k -= 1
-    while k < nz and A * d_row[k] < s:
-        k += 1
-    return k
-
-
-def _rhs_reference(d, nz, P1, P2, y, c_fb, lam_l1):
-    """NumPy reference of :func:`_rhs_kernel`; returns the derivative, shape (2 n,)."""
-    A = y[0::2]
-    s = y[1::2]
-    k = np.array([_alive_reference(d[i], nz[i], A[i], s[i]) for i in range(nz.size)])
-    rows = np.arange(nz.size)
-    N = k * s * s - 2.0 * s * A * P1[rows, k] + A * A * P2[rows, k]
-    g = np.where(k > 0, c_fb * (1.0 - N), 0.0)
-    out = np.empty_like(y)
-    out[0::2] = g * A
-    out[1::2] = g * s - lam_l1
-    return out
+rd.tie_cache(_serve, _init_rows, _advance)
 
 
 # ------------------------------------------------------------------- sorted rows
@@ -796,6 +468,8 @@ class SortedRows:
         Compensated prefix sums of d, d², d³, d⁴ (``Pp[:, 0] = 0``).
     totals : ndarray, shape (n, 4)
         Σ a^p, p = 1..4, over each row (from the prefix sums).
+    ties : ndarray, shape (n,), int64
+        Number of weights equal to the row's largest (d = 0; 0 for an all-zero row).
     """
 
     a1: np.ndarray
@@ -806,6 +480,7 @@ class SortedRows:
     P3: np.ndarray
     P4: np.ndarray
     totals: np.ndarray
+    ties: np.ndarray
 
 
 def sort_rows(W0) -> SortedRows:
@@ -837,28 +512,13 @@ def sort_rows(W0) -> SortedRows:
         M * x**3 - 3 * x**2 * S[:, 0] + 3 * x * S[:, 1] - S[:, 2],
         M * x**4 - 4 * x**3 * S[:, 0] + 6 * x**2 * S[:, 1] - 4 * x * S[:, 2] + S[:, 3],
     ], axis=1)
-    return SortedRows(a1=a1, nz=nz, d=d, P1=P[0], P2=P[1], P3=P[2], P4=P[3], totals=totals)
+    ties = np.array([np.searchsorted(d[i, :nz[i]], 0.0, side="right") for i in range(n)],
+                    dtype=np.int64)
+    return SortedRows(a1=a1, nz=nz, d=d, P1=P[0], P2=P[1], P3=P[2], P4=P[3], totals=totals,
+                      ties=ties)
 
 
 # --------------------------------------------------------------- weights and stats
-def reduced_weights(W0, A, B) -> np.ndarray:
-    """Materialise the affine map ``sign(W0) · max(A |W0| - B, 0)``.
-
-    Parameters
-    ----------
-    W0 : ndarray, shape (n, m)
-    A, B : array_like, shape (n,)
-
-    Returns
-    -------
-    ndarray, shape (n, m)
-    """
-    W0 = np.asarray(W0, dtype=np.float64)
-    A = np.asarray(A, dtype=np.float64)[:, None]
-    B = np.asarray(B, dtype=np.float64)[:, None]
-    return np.sign(W0) * np.maximum(A * np.abs(W0) - B, 0.0)
-
-
 def _shifted(model: Model) -> bool:
     """True when the L1 force acts (weights can die); else B ≡ 0."""
     return model.l1 and model.lam > 0.0
@@ -931,29 +591,44 @@ class ReducedPath:
     ----------
     t : ndarray, shape (T,)
     A : ndarray, shape (T, n)
-        Stretch factor A_i(t).
+        Stretch factor A_i(t) that materialises the weights: the true A, except in a
+        row's terminal phase (only its tied largest weights alive), where any A with
+        A d ≥ s gives the same weights and A is saturated at 2^255.
+    log_A : ndarray, shape (T, n)
+        ln A_i(t), the true value (finite for every t).
     top : ndarray, shape (T, n)
         s_i(t) = A_i a_1 - B_i, the current value of each row's largest weight
         (negative once every weight of the row is zero).
     a1 : ndarray, shape (n,)
         Largest initial |W0_ik| of each row.
     status : str
-        ``"completed"`` or ``"sparse"`` (stopped at the time every row had at most
-        ``max_nnz`` nonzeros; that time is ``t[-1]``).
-    steps, nfev, njev : int
-        Accepted solver steps, right-hand-side and Jacobian evaluations (for
-        ``"radau-numba"`` summed over the rows, each of which takes its own steps).
+        ``"completed"``, ``"sparse"`` (stopped at the time every row had at most
+        ``max_nnz`` nonzeros; that time is ``t[-1]``) or ``"converged"`` (stopped a
+        ``window`` after ``t_converged``).
+    steps, rejected, nfev, njev : int
+        Accepted and rejected steps, right-hand-side and Jacobian evaluations (for
+        ``"radau-numba"`` summed over the rows, each of which takes its own steps;
+        rejected = -1: not reported by the scipy solver).
+    h_min, h_max : float
+        Smallest and largest accepted step over all rows (NaN: no step).
+    t_converged : float
+        First time from which the convergence rule held for a whole window (NaN).
     compile_seconds, wall_seconds : float
     """
 
     t: np.ndarray
     A: np.ndarray
+    log_A: np.ndarray
     top: np.ndarray
     a1: np.ndarray
     status: str
     steps: int
+    rejected: int
     nfev: int
     njev: int
+    h_min: float
+    h_max: float
+    t_converged: float
     compile_seconds: float
     wall_seconds: float
 
@@ -963,41 +638,46 @@ class ReducedPath:
         return self.A * self.a1 - self.top
 
 
-def _counting(cls, counter):
-    """Subclass of a scipy OdeSolver that counts accepted steps in ``counter[0]``."""
-
-    class Counting(cls):
-        def _step_impl(self):
-            ok, message = super()._step_impl()
-            if ok:
-                counter[0] += 1
-            return ok, message
-
-    Counting.__name__ = "Counting" + cls.__name__
-    return Counting
+def _check_model(model: Model):
+    if model.interference:
+        raise invalid("method", "reduced",
+                      "needs interference=False (the reduced solver is exact only without "
+                      "interference)")
 
 
-def _warm_up() -> float:
-    """Compile (or load from cache) every kernel on a tiny input; returns seconds."""
+_WARM = set()
+
+
+def _warm_up(part="radau-numba") -> float:
+    """Compile (or load from cache) the kernels of ``part`` once per process.
+
+    part : ``"stats"`` (sorting, statistics, weights), ``"radau-numba"`` (those and the
+    per-row integrator) or a scipy method (those and the joint right-hand side and
+    Jacobian). Returns seconds.
+    """
+    need = {"stats", part if part in ("stats", "radau-numba") else "scipy"}
+    todo = need - _WARM
+    if not todo:
+        return 0.0
     t0 = time.perf_counter()
     x = np.array([[0.0, 0.5]])
     P = [np.empty((1, 3)) for _ in range(4)]
-    _prefix_power_sums(x, *P)
     nz = np.array([2], dtype=np.int64)
-    y = np.array([1.0, 1.0])
-    _rhs_kernel(x, nz, P[0], P[1], y, 1.0, 0.1, np.empty(2))
-    _jac_kernel(x, nz, P[0], P[1], y, 1.0, np.empty(4))
-    A = np.ones((1, 1))
-    k = np.empty((1, 1), dtype=np.int64)
-    _moments_kernel(x, nz, *P, A, A, k, np.empty((1, 1)), np.empty((1, 1)), np.empty((1, 1)))
-    _materialise_kernel(x, np.ones(1), np.ones(1), np.ones(1), np.empty((1, 2)))
-    fs = np.empty((1, _NF))
-    ist = np.empty((1, _NI), dtype=np.int64)
-    save = np.array([0.0, 1.0])
-    _radau_init(x, nz, P[0], P[1], 1.0, 0.1, 1e-6, 1e-9, np.ones(1), 1.0, np.full(1, 0.5),
-                fs, ist)
-    _radau_advance(x, nz, P[0], P[1], 1.0, 0.1, 1e-6, 1e-9, save, 1, fs, ist,
-                   np.empty((2, 1)), np.empty((2, 1)))
+    if "stats" in todo:
+        _prefix_power_sums(x, *P)
+        A = np.ones((1, 1))
+        k = np.empty((1, 1), dtype=np.int64)
+        _moments_kernel(x, nz, *P, A, A, k, *(np.empty((1, 1)) for _ in range(3)))
+        _materialise_kernel(x, np.ones(1), np.ones(1), np.ones(1), np.empty((1, 2)))
+    if "scipy" in todo:
+        y = np.array([1.0, 1.0])
+        _rhs_kernel(x, nz, P[0], P[1], y, 1.0, 0.1, np.empty(2))
+        _jac_kernel(x, nz, P[0], P[1], y, 1.0, np.empty(4))
+    if "radau-numba" in todo:
+        rows = SortedRows(np.ones(1), nz, x, *P, None, nz)
+        _RowRun(rows, np.array([0.0, 1.0]), 1.0, 0.1, 1e-6, 1e-9, np.full(1, 0.5), 1e-3,
+                1.0).advance(1)
+    _WARM.update(todo)
     return time.perf_counter() - t0
 
 
@@ -1005,99 +685,171 @@ def _warm_up() -> float:
 _CALL_SECONDS = 0.02
 
 
-def _run_rows(rows, save_at, fs, ist, out_A, out_s, c_fb, lam_l1, rtol, atol, progress,
-              clock):
-    """Call :func:`_radau_advance` until no row runs; report progress between calls.
+class _RowRun:
+    """Every row's Radau state and model state, advanced by :func:`_advance`."""
 
-    The step budget per call adapts so that a call takes about ``_CALL_SECONDS``.
-    ``clock`` is ``[wall time, t]`` of the last progress report (t only increases).
-    """
-    budget = 64
-    while True:
-        status = ist[:, _I_STATUS]
-        if status.min() < 0 or not np.any(status == _RUNNING):
-            return
-        t0 = time.perf_counter()
-        _radau_advance(rows.d, rows.nz, rows.P1, rows.P2, c_fb, lam_l1, rtol, atol,
-                       save_at, budget, fs, ist, out_A, out_s)
-        elapsed = time.perf_counter() - t0
-        grow = _CALL_SECONDS / elapsed if elapsed > 0 else 8.0
-        budget = int(min(max(budget * min(grow, 8.0), 1), 1 << 24))
-        if progress is not None:
-            now = time.perf_counter()
-            running = ist[:, _I_STATUS] == _RUNNING
-            if now - clock[0] >= 0.2 and running.any():
-                t_now = float(fs[running, _F_T].min())
-                if t_now > clock[1]:
-                    clock[0] = now
-                    clock[1] = t_now
+    def __init__(self, rows, save_at, c_fb, lam_l1, rtol, atol, ev, conv_tol, window):
+        n = rows.nz.size
+        self.rows, self.save_at = rows, save_at
+        self.args = (c_fb, lam_l1, conv_tol, window)
+        self.st = rd.new_states(n)
+        self.row = np.zeros(n, dtype=(np.record, ROW))
+        self.ws = rd.new_work(rtol, atol)
+        self.out = [np.full((save_at.size, n), np.nan) for _ in range(3)]
+        _init_rows(rows.d, rows.nz, rows.P1, rows.P2, rows.ties, rows.a1, c_fb, lam_l1,
+                   ev, float(save_at[-1]), self.st, self.row, self.ws)
+        self.clock = [time.perf_counter(), 0.0]
+
+    def advance(self, budget):
+        r = self.rows
+        return _advance(r.d, r.nz, r.P1, r.P2, r.ties, *self.args, self.save_at, budget,
+                        self.st, self.row, self.ws, *self.out)
+
+    def run(self, progress):
+        """Call :meth:`advance` until no row runs, reporting progress between calls.
+
+        The step budget per call adapts so that a call takes about ``_CALL_SECONDS``;
+        progress gets the time every running row has reached (only increasing).
+        """
+        budget = 64
+        status = self.row["status"]
+        while status.min() >= 0 and np.any(status == _RUNNING):
+            t0 = time.perf_counter()
+            self.advance(budget)
+            elapsed = time.perf_counter() - t0
+            grow = _CALL_SECONDS / elapsed if elapsed > 0 else 8.0
+            budget = int(min(max(budget * min(grow, 8.0), 1), 1 << 24))
+            running = status == _RUNNING
+            if progress is not None and running.any():
+                now = time.perf_counter()
+                t_now = float(self.st["t"][running].min())
+                if now - self.clock[0] >= 0.2 and t_now > self.clock[1]:
+                    self.clock[:] = [now, t_now]
                     progress(t_now)
+        bad = np.flatnonzero(status < 0)
+        if bad.size:
+            i = int(bad[0])
+            t = float(self.st["t"][i])
+            raise DivergenceError(
+                f"reduced solver (radau-numba) failed on row {i} at t={t:.6g}: "
+                f"{rd.FAILURES[int(status[i])]}", t=t, step=int(self.st["steps"].sum()))
+
+    def restart_to(self, t_end, cap, clear_event):
+        """Rows below ``t_end`` run on to it (their convergence end limited to cap)."""
+        row = self.row
+        row["ev"][clear_event] = np.nan
+        row["t_end"] = t_end
+        row["cap"] = cap
+        row["status"] = np.where(self.st["t"] >= t_end, _DONE, _RUNNING)
 
 
-def _numba_path(rows, save_at, c_fb, lam_l1, rtol, atol, cand, d_next, progress):
-    """Integrate every row with :func:`_radau_advance`.
+def _numba_path(rows, save_at, c_fb, lam_l1, rtol, atol, cand, d_next, conv, progress):
+    """Integrate every row with the Radau port; stop rules as in :func:`solve_reduced`.
 
-    With ``cand`` (rows that can reach the max_nnz event) given, the candidate rows run
-    first, each up to its own event; t* is the latest of those, and then every row runs
-    (on from where it stopped) to t*.
+    Rows never run past a lower bound of the stop time: candidate rows of the max_nnz
+    event (``cand``) run first, each to its event; t* is the latest event. With the
+    convergence rule ``conv = (tol, window)`` a row runs until its own rule has held
+    for a window since its last violation (a lower bound of the converged time, since
+    the rule must hold for every row), and rows that stopped earlier catch up to the
+    latest such end; this repeats until every row sits at the same end.
 
     Returns
     -------
-    ts, A, top, status, steps, nfev, njev
+    ts, A, log_A, top, status, t_converged, run
     """
     n = rows.nz.size
     t_max = float(save_at[-1])
-    fs = np.empty((n, _NF))
-    ist = np.empty((n, _NI), dtype=np.int64)
     ev = np.full(n, np.nan)
+    is_cand = np.zeros(n, dtype=bool)
     if cand is not None:
         ev[cand] = d_next
-    _radau_init(rows.d, rows.nz, rows.P1, rows.P2, c_fb, lam_l1, rtol, atol, rows.a1,
-                t_max, ev, fs, ist)
-    out_A = np.full((save_at.size, n), np.nan)
-    out_s = np.full((save_at.size, n), np.nan)
-    clock = [time.perf_counter(), 0.0]
-    args = (c_fb, lam_l1, rtol, atol, progress, clock)
-    status = "completed"
-    t_end = t_max
-    if cand is not None:
-        ist[:, _I_STATUS] = _WAITING
-        ist[cand, _I_STATUS] = _RUNNING
-        _run_rows(rows, save_at, fs, ist, out_A, out_s, *args)
-        _check_rows(fs, ist)
-        if np.all(ist[cand, _I_STATUS] == _EVENT):
-            t_end = float(fs[cand, _F_T].max())
-            status = "sparse"
-        fs[:, _F_TEND] = t_end
-        fs[:, _F_EVD] = np.nan
-        ist[:, _I_STATUS] = np.where(fs[:, _F_T] >= t_end, _DONE, _RUNNING)
-    _run_rows(rows, save_at, fs, ist, out_A, out_s, *args)
-    _check_rows(fs, ist)
-    steps, nfev, njev = (int(ist[:, j].sum()) for j in (_I_STEPS, _I_NFEV, _I_NJEV))
+        is_cand[cand] = True
+    tol, window = conv if conv is not None else (0.0, 0.0)
+    run = _RowRun(rows, save_at, c_fb, lam_l1, rtol, atol, ev, tol, window)
+    row, st = run.row, run.st
+    while True:
+        # the stop time is min(τ, t*); run no row past a lower bound of either
+        tau = min(row["t_quiet"].max() + window, t_max) if conv is not None else t_max
+        evented = np.isfinite(row["t_event"])
+        t_star, lb = math.inf, t_max
+        if cand is not None:
+            # t* is the latest event; a candidate still running has its event ahead
+            lb = float(np.where(evented, row["t_event"], st["t"])[cand].max())
+            t_star = lb if evented[cand].all() else math.inf
+        t_end = min(tau, t_star)
+        if np.all(st["t"] >= t_end):
+            break
+        run.restart_to(min(tau, lb), min(lb, t_max), evented)
+        seeking = is_cand & ~evented
+        row["t_end"][seeking] = tau
+        row["cap"][seeking] = t_max
+        row["status"][seeking & (st["t"] < tau)] = _RUNNING
+        run.run(progress)
+    status = "sparse" if t_star <= tau else "converged" if t_end < t_max else "completed"
+    t_conv = float(t_end - window) if status == "converged" else math.nan
     if status == "completed":
-        return save_at.copy(), out_A, out_s, status, steps, nfev, njev
+        ts = save_at.copy()
+        A, top, log_A = run.out
+        return ts, A, log_A, top, status, t_conv, run
     keep = save_at < t_end
-    A_star = fs[:, _F_A]
-    s_star = fs[:, _F_S].copy()
-    # the slowest row sits on its event (to ~1e-14 in t) with the weight just dead
-    # (s <= A d); make that weight, and every candidate's, exactly dead at t*
-    s_star[cand] = np.minimum(s_star[cand], A_star[cand] * d_next)
+    A_star = np.array([_stretch(p, y) for p, y in zip(row["phase"], st["y"][:, 0])])
+    log_A_star = np.where(row["phase"] == 0, np.log(st["y"][:, 0]), st["y"][:, 0])
+    s_star = st["y"][:, 1].copy()
+    if status == "sparse":
+        # the slowest row sits on its event (to ~1e-14 in t) with the weight just dead
+        # (s <= A d); make that weight, and every candidate's, exactly dead at t*
+        s_star[cand] = np.minimum(s_star[cand], A_star[cand] * d_next)
     ts = np.append(save_at[keep], t_end)
-    A = np.concatenate([out_A[keep], A_star[None]])
-    top = np.concatenate([out_s[keep], s_star[None]])
-    return ts, A, top, status, steps, nfev, njev
+    out = [np.concatenate([o[keep], x[None]]) for o, x in zip(run.out, (A_star, s_star,
+                                                                         log_A_star))]
+    return ts, out[0], out[2], out[1], status, t_conv, run
 
 
-def _check_rows(fs, ist):
-    """Raise DivergenceError if a row of the numba integrator failed."""
-    bad = np.flatnonzero(ist[:, _I_STATUS] < 0)
-    if bad.size:
-        i = int(bad[0])
-        t = float(fs[i, _F_T])
-        raise DivergenceError(
-            f"reduced solver (radau-numba) failed on row {i} at t={t:.6g}: "
-            f"{_FAILURES[int(ist[i, _I_STATUS])]}",
-            t=t, step=int(ist[:, _I_STEPS].sum()))
+def _counting(cls, counter):
+    """Subclass of a scipy OdeSolver counting accepted steps and their extreme lengths.
+
+    counter : [steps, smallest step, largest step], updated in place.
+    """
+
+    class Counting(cls):
+        def _step_impl(self):
+            t_old = self.t
+            ok, message = super()._step_impl()
+            if ok:
+                h = abs(self.t - t_old)
+                counter[0] += 1
+                counter[1] = min(counter[1], h)
+                counter[2] = max(counter[2], h)
+            return ok, message
+
+    Counting.__name__ = "Counting" + cls.__name__
+    return Counting
+
+
+def _scipy_jacobian(arrays, n, c_fb, ode_method):
+    """solve_ivp options passing the analytic Jacobian of the joint system (implicit
+    methods): dense up to _DENSE_JAC_ROWS rows, else sparse CSC; banded for LSODA."""
+    if ode_method not in _IMPLICIT:
+        return {}
+    indptr = np.arange(0, 4 * n + 1, 2)
+    indices = np.empty(4 * n, dtype=np.int64)
+    indices[0::2] = np.repeat(np.arange(0, 2 * n, 2), 2)
+    indices[1::2] = indices[0::2] + 1
+
+    def jac(t, y):
+        data = np.empty(4 * n)
+        _jac_kernel(*arrays, y, c_fb, data)
+        if ode_method == "LSODA":  # banded storage: packed[1 + i - j, j] = J[i, j]
+            packed = np.zeros((3, 2 * n))
+            packed[1, 0::2] = data[0::4]
+            packed[2, 0::2] = data[1::4]
+            packed[0, 1::2] = data[2::4]
+            packed[1, 1::2] = data[3::4]
+            return packed
+        J = scipy.sparse.csc_matrix((data, indices, indptr), shape=(2 * n, 2 * n))
+        return J.toarray() if n <= _DENSE_JAC_ROWS else J
+
+    return dict(jac=jac, lband=1, uband=1) if ode_method == "LSODA" else dict(jac=jac)
 
 
 def _scipy_path(rows, save_at, c_fb, lam_l1, rtol, atol, cand, d_next, ode_method,
@@ -1106,7 +858,7 @@ def _scipy_path(rows, save_at, c_fb, lam_l1, rtol, atol, cand, d_next, ode_metho
 
     Returns
     -------
-    ts, A, top, status, steps, nfev, njev
+    ts, A, log_A, top, status, t_converged (NaN), counts (dict)
     """
     n = rows.nz.size
     # scipy's solver object sits in a reference cycle that holds these closures until
@@ -1129,30 +881,7 @@ def _scipy_path(rows, save_at, c_fb, lam_l1, rtol, atol, cand, d_next, ode_metho
                 progress(t)
         return out
 
-    options = {}
-    if ode_method in _IMPLICIT:
-        indptr = np.arange(0, 4 * n + 1, 2)
-        indices = np.empty(4 * n, dtype=np.int64)
-        indices[0::2] = np.repeat(np.arange(0, 2 * n, 2), 2)
-        indices[1::2] = indices[0::2] + 1
-
-        def jac(t, y):
-            data = np.empty(4 * n)
-            _jac_kernel(*arrays, y, c_fb, data)
-            if ode_method == "LSODA":  # banded storage: packed[1 + i - j, j] = J[i, j]
-                packed = np.zeros((3, 2 * n))
-                packed[1, 0::2] = data[0::4]
-                packed[2, 0::2] = data[1::4]
-                packed[0, 1::2] = data[2::4]
-                packed[1, 1::2] = data[3::4]
-                return packed
-            J = scipy.sparse.csc_matrix((data, indices, indptr), shape=(2 * n, 2 * n))
-            return J.toarray() if n <= _DENSE_JAC_ROWS else J
-
-        if ode_method == "LSODA":
-            options.update(lband=1, uband=1)
-        options["jac"] = jac
-
+    options = _scipy_jacobian(arrays, n, c_fb, ode_method)
     events = None
     if cand is not None:
         def sparse_event(t, y):
@@ -1163,7 +892,7 @@ def _scipy_path(rows, save_at, c_fb, lam_l1, rtol, atol, cand, d_next, ode_metho
         sparse_event.direction = -1.0
         events = [sparse_event]
 
-    counter = [0]
+    counter = [0, math.inf, 0.0]
     try:
         sol = scipy.integrate.solve_ivp(
             fun, (0.0, float(save_at[-1])), y0,
@@ -1187,13 +916,18 @@ def _scipy_path(rows, save_at, c_fb, lam_l1, rtol, atol, cand, d_next, ode_metho
         ts = np.append(ts[keep], t_star)
         ys = np.concatenate([ys[:, keep], y_star[:, None]], axis=1)
         status = "sparse"
-    return (np.asarray(ts, dtype=np.float64), ys[0::2].T, ys[1::2].T, status, counter[0],
-            int(sol.nfev), int(sol.njev))
+    A = ys[0::2].T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_A = np.log(A)
+    counts = dict(steps=counter[0], rejected=-1, nfev=int(sol.nfev), njev=int(sol.njev),
+                  h_min=counter[1] if counter[0] else math.nan,
+                  h_max=counter[2] if counter[0] else math.nan)
+    return (np.asarray(ts, dtype=np.float64), A, log_A, ys[1::2].T, status, math.nan, counts)
 
 
 def reduced_path(model: Model, W0, save_at, *, rtol=1e-10, atol=1e-13, max_nnz=None,
-                 ode_method="radau-numba", progress=None, rows: SortedRows | None = None
-                 ) -> ReducedPath:
+                 tol=None, window=10.0, ode_method="radau-numba", progress=None,
+                 rows: SortedRows | None = None) -> ReducedPath:
     """Integrate the per-row (A, s) system and return it at the save times.
 
     Parameters are those of :func:`solve_reduced`; ``rows`` may pass precomputed
@@ -1203,15 +937,18 @@ def reduced_path(model: Model, W0, save_at, *, rtol=1e-10, atol=1e-13, max_nnz=N
     -------
     ReducedPath
     """
-    if model.interference:
-        raise invalid("method", "reduced",
-                      "needs interference=False (the reduced solver is exact only without "
-                      "interference)")
+    _check_model(model)
     if ode_method not in ODE_METHODS:
         raise invalid("ode_method", ode_method, f"must be one of {', '.join(ODE_METHODS)}")
     if max_nnz is not None:
         max_nnz = check_int("max_nnz", max_nnz, 0)
-    compile_seconds = _warm_up()
+    conv = None
+    if tol is not None:
+        conv = (check_float("tol", tol, positive=True),
+                check_float("window", window, positive=True))
+        if ode_method != "radau-numba":
+            raise invalid("tol", tol, "the convergence stop needs ode_method='radau-numba'")
+    compile_seconds = _warm_up(ode_method)
     t_start = time.perf_counter()
     save_at = np.ascontiguousarray(save_at, dtype=np.float64)
     if rows is None:
@@ -1226,27 +963,33 @@ def reduced_path(model: Model, W0, save_at, *, rtol=1e-10, atol=1e-13, max_nnz=N
         stop_now = cand.size == 0
         d_next = rows.d[cand, max_nnz] if not stop_now else None
 
+    counts = dict(steps=0, rejected=0, nfev=0, njev=0, h_min=math.nan, h_max=math.nan)
     if stop_now or save_at[-1] == 0.0:
         ts = save_at[:1]
-        A = np.ones((1, n))
-        top = rows.a1[None].copy()
-        status, steps, nfev, njev = ("sparse" if stop_now else "completed"), 0, 0, 0
+        A, log_A, top = np.ones((1, n)), np.zeros((1, n)), rows.a1[None].copy()
+        status, t_conv = ("sparse" if stop_now else "completed"), math.nan
     elif ode_method == "radau-numba":
-        ts, A, top, status, steps, nfev, njev = _numba_path(
-            rows, save_at, c_fb, lam_l1, float(rtol), float(atol), cand, d_next, progress)
-    else:
-        ts, A, top, status, steps, nfev, njev = _scipy_path(
-            rows, save_at, c_fb, lam_l1, rtol, atol, cand, d_next, ode_method,
+        ts, A, log_A, top, status, t_conv, run = _numba_path(
+            rows, save_at, c_fb, lam_l1, float(rtol), float(atol), cand, d_next, conv,
             progress)
+        st = run.st
+        counts = {k: int(st[k].sum()) for k in ("steps", "rejected", "nfev", "njev")}
+        took = st["steps"] > 0
+        counts["h_min"] = float(st["h_min"][took].min()) if took.any() else math.nan
+        counts["h_max"] = float(st["h_max"][took].max()) if took.any() else math.nan
+    else:
+        ts, A, log_A, top, status, t_conv, counts = _scipy_path(
+            rows, save_at, c_fb, lam_l1, rtol, atol, cand, d_next, ode_method, progress)
     return ReducedPath(
         t=np.asarray(ts, dtype=np.float64), A=np.ascontiguousarray(A),
-        top=np.ascontiguousarray(top), a1=rows.a1, status=status, steps=steps,
-        nfev=nfev, njev=njev, compile_seconds=compile_seconds,
-        wall_seconds=time.perf_counter() - t_start)
+        log_A=np.ascontiguousarray(log_A), top=np.ascontiguousarray(top), a1=rows.a1,
+        status=status, t_converged=t_conv, compile_seconds=compile_seconds,
+        wall_seconds=time.perf_counter() - t_start, **counts)
 
 
 def solve_reduced(model: Model, W0, save_at, *, rtol=1e-10, atol=1e-13, max_nnz=None,
-                  snapshots=False, ode_method="radau-numba", progress=None) -> Trajectory:
+                  tol=None, window=10.0, snapshots=False, ode_method="radau-numba",
+                  progress=None) -> Trajectory:
     """Exact interference-free trajectory from the per-row affine map.
 
     Parameters
@@ -1262,6 +1005,11 @@ def solve_reduced(model: Model, W0, save_at, *, rtol=1e-10, atol=1e-13, max_nnz=
     max_nnz : int, optional
         Stop at the time t* at which every row has at most this many nonzeros
         (status ``"sparse"``; t* is the last saved time).
+    tol, window : float, optional
+        Convergence stop (``"radau-numba"`` only): stop once, for a whole ``window`` of
+        time, on every step of every row no weight died and max|ΔW|/Δt <= ``tol``
+        (status ``"converged"``; ``stats.t_converged`` is the first time from which
+        that held, the run ends a window later, at the last saved time).
     snapshots : bool
         Also keep W at every saved time (memory T·n·m).
     ode_method : str
@@ -1280,14 +1028,11 @@ def solve_reduced(model: Model, W0, save_at, *, rtol=1e-10, atol=1e-13, max_nnz=
     """
     t0 = time.perf_counter()
     W0 = np.asarray(W0, dtype=np.float64)
-    if model.interference:
-        raise invalid("method", "reduced",
-                      "needs interference=False (the reduced solver is exact only without "
-                      "interference)")
-    compile_seconds = _warm_up()  # before sort_rows, which calls a kernel
+    _check_model(model)
+    compile_seconds = _warm_up("stats")  # before sort_rows, which calls a kernel
     rows = sort_rows(W0)
-    path = reduced_path(model, W0, save_at, rtol=rtol, atol=atol, max_nnz=max_nnz,
-                        ode_method=ode_method, progress=progress, rows=rows)
+    path = reduced_path(model, W0, save_at, rtol=rtol, atol=atol, max_nnz=max_nnz, tol=tol,
+                        window=window, ode_method=ode_method, progress=progress, rows=rows)
     st = reduced_stats(rows, path.A, path.top, model)
     W = materialise(rows, W0, path.A[-1], path.top[-1], model)
     snaps = snap_t = None
@@ -1302,10 +1047,13 @@ def solve_reduced(model: Model, W0, save_at, *, rtol=1e-10, atol=1e-13, max_nnz=
     stats = RunStats(
         status=path.status, t_end=float(path.t[-1]), steps=path.steps,
         force_evals=path.nfev, wall_seconds=wall, compile_seconds=compile_seconds,
-        message=f"{label}: {path.steps} steps, {path.nfev} rhs, "
-                f"{path.njev} jacobian evaluations")
+        message=f"{label}: {path.steps} steps ({path.rejected} rejected), {path.nfev} rhs, "
+                f"{path.njev} jacobian evaluations",
+        rejected=path.rejected, h_min=path.h_min, h_max=path.h_max,
+        t_converged=path.t_converged)
     return Trajectory(
         model=model, method="reduced", dt=None, t=path.t, l1=st["l1"], nnz=st["nnz"],
         l2sq=st["l2sq"], l4=st["l4"], relvar=st["relvar"], loss=st["loss"], W=W,
         stats=stats, snapshot_t=snap_t, snapshots=snaps,
-        options=dict(rtol=rtol, atol=atol, ode_method=ode_method, max_nnz=max_nnz))
+        options=dict(rtol=rtol, atol=atol, ode_method=ode_method, max_nnz=max_nnz,
+                     tol=tol, window=window if tol is not None else None))

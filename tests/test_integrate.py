@@ -378,3 +378,15 @@ def test_ctrl_c_during_the_first_compile_returns_cleanly(tmp_path):
     status, t_end, saved = out.split()
     assert status == "interrupted" and "Traceback" not in err
     assert float(t_end) == 0.0 and int(saved) == 1  # stopped inside the warm-up (measured)
+
+
+def test_stop_tol_with_reduced_agrees_with_rk4():
+    """Stop(tol) is honoured by the exact solver through simulate (not silently ignored)."""
+    model = flowsim.Model(n=2, m=60, lam=0.02, interference=False, seed=3)
+    stop = Stop(tol=1e-6, window=20.0)
+    red = simulate(model, 1e4, method="reduced", stop=stop)
+    rk4 = simulate(model, 1e4, method="rk4", dt=0.01, stop=stop)
+    assert red.stats.status == rk4.stats.status == "converged"
+    assert red.stats.t_end == pytest.approx(red.stats.t_converged + 20.0)
+    np.testing.assert_array_equal(red.W != 0, rk4.W != 0)
+    assert abs(red.stats.t_converged - rk4.stats.t_converged) < 0.5  # rk4's grid and error

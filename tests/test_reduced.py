@@ -2,7 +2,9 @@
 import numpy as np
 import pytest
 import scipy.integrate
+import scipy.optimize
 
+import _reduced_reference as ref
 import flowsim.reduced as R
 from flowsim import DivergenceError, FlowsimInputError, Model, row_stats
 
@@ -31,8 +33,7 @@ def test_prefix_sums_kernel_matches_reference():
     x = np.sort(np.abs(rng.standard_normal((3, 1000))) * 1e-2, axis=1)
     P = [np.empty((3, 1001)) for _ in range(4)]
     R._prefix_power_sums(x, *P)
-    ref = R._prefix_power_sums_reference(x)
-    for got, want in zip(P, ref):
+    for got, want in zip(P, ref.prefix_power_sums_reference(x)):
         assert got[:, 0].tolist() == [0.0, 0.0, 0.0]
         # both are within ~1 ulp of the exact sums (Kahan vs 80-bit cumsum)
         np.testing.assert_allclose(got, want, rtol=4e-16, atol=0)
@@ -52,7 +53,7 @@ def test_rhs_and_alive_kernels_match_reference():
         y[0::2], y[1::2] = A, s
         out = np.empty(2 * n)
         R._rhs_kernel(rows.d, rows.nz, rows.P1, rows.P2, y, 1.3, 2e-3, out)
-        want = R._rhs_reference(rows.d, rows.nz, rows.P1, rows.P2, y, 1.3, 2e-3)
+        want = ref.rhs_reference(rows.d, rows.nz, rows.P1, rows.P2, y, 1.3, 2e-3)
         assert np.array_equal(out, want)
         for i in range(n):
             k = R._alive_count(rows.d[i], rows.nz[i], A[i], s[i])
@@ -69,8 +70,8 @@ def test_jacobian_kernel_matches_finite_differences():
     for col in range(6):
         e = np.zeros(6)
         e[col] = h[col]
-        fd = (R._rhs_reference(rows.d, rows.nz, rows.P1, rows.P2, y + e, 1.0, 1e-3)
-              - R._rhs_reference(rows.d, rows.nz, rows.P1, rows.P2, y - e, 1.0, 1e-3)
+        fd = (ref.rhs_reference(rows.d, rows.nz, rows.P1, rows.P2, y + e, 1.0, 1e-3)
+              - ref.rhs_reference(rows.d, rows.nz, rows.P1, rows.P2, y - e, 1.0, 1e-3)
               ) / (2 * h[col])
         i = col // 2
         want = fd[2 * i: 2 * i + 2]
@@ -88,9 +89,9 @@ def test_materialise_kernel_matches_numpy_formula():
     s = A * rows.a1 * np.array([0.7, 0.2, -0.5, 0.3])
     out = np.empty_like(W0)
     R._materialise_kernel(W0, rows.a1, A, s, out)
-    assert np.array_equal(out, R._materialise_reference(W0, rows.a1, A, s))
+    assert np.array_equal(out, ref.materialise_reference(W0, rows.a1, A, s))
     # and it is the affine map of the brief, B = A a1 - s (up to rounding)
-    np.testing.assert_allclose(out, R.reduced_weights(W0, A, A * rows.a1 - s), atol=1e-15)
+    np.testing.assert_allclose(out, ref.reduced_weights(W0, A, A * rows.a1 - s), atol=1e-15)
 
 
 @pytest.mark.parametrize("frac", [0.0, 0.05, 0.3, 0.6, 0.95, 1.0, 1.2])
@@ -104,13 +105,13 @@ def test_stats_from_state_equal_row_stats_of_materialised_W(frac):
     s = A * rows.a1 * (1.0 - frac)
     st = R.reduced_stats(rows, A[None], s[None], model)
     W = R.materialise(rows, W0, A, s, model)
-    ref = row_stats(W, model)
-    assert np.array_equal(st["nnz"][0], ref["nnz"])
+    want = row_stats(W, model)
+    assert np.array_equal(st["nnz"][0], want["nnz"])
     assert np.count_nonzero(W[W0 == 0]) == 0
     for name in ("l1", "l2sq", "l4", "loss"):
         # prefix-sum formulas vs direct sums; cancellation factor <= (a1/mean a)^4 here
-        np.testing.assert_allclose(st[name][0], ref[name], rtol=1e-12, atol=1e-300)
-    np.testing.assert_allclose(st["relvar"][0], ref["relvar"], rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(st[name][0], want[name], rtol=1e-12, atol=1e-300)
+    np.testing.assert_allclose(st["relvar"][0], want["relvar"], rtol=1e-10, atol=1e-12)
     assert np.isnan(st["relvar"][0, -1])  # the all-zero row
 
 
@@ -121,10 +122,10 @@ def test_stats_without_l1_are_scaled_initial_stats():
     rows = R.sort_rows(W0)
     A = np.array([[1.0, 2.0, 3.0, 4.0]])
     st = R.reduced_stats(rows, A, A * rows.a1, model)
-    ref = row_stats(A.T * W0, model)
-    assert np.array_equal(st["nnz"][0], ref["nnz"])
+    want = row_stats(A.T * W0, model)
+    assert np.array_equal(st["nnz"][0], want["nnz"])
     for name in ("l1", "l2sq", "l4", "loss"):
-        np.testing.assert_allclose(st[name][0], ref[name], rtol=1e-12)
+        np.testing.assert_allclose(st[name][0], want[name], rtol=1e-12)
 
 
 # ------------------------------------------------------------------------ solutions
@@ -200,12 +201,12 @@ def test_matches_direct_integration_of_the_weights():
     W0 = model.initial_weights()
     save = _save(5.0 / lam, 60)
     tr = R.solve_reduced(model, W0, save)
-    ref, deaths = _brute_force(np.abs(W0[0]), c, lam, save)
-    assert ref.shape[0] == save.size and deaths.size == m - 1
+    direct, deaths = _brute_force(np.abs(W0[0]), c, lam, save)
+    assert direct.shape[0] == save.size and deaths.size == m - 1
     # reduced at its default rtol 1e-10 vs the direct flow at 1e-13: measured 1e-10
-    np.testing.assert_allclose(tr.l1[:, 0], ref[:, 1], rtol=1e-9)
-    np.testing.assert_allclose(tr.l2sq[:, 0], ref[:, 2], rtol=1e-9)
-    assert np.array_equal(tr.nnz[:, 0], ref[:, 3].astype(int))
+    np.testing.assert_allclose(tr.l1[:, 0], direct[:, 1], rtol=1e-9)
+    np.testing.assert_allclose(tr.l2sq[:, 0], direct[:, 2], rtol=1e-9)
+    assert np.array_equal(tr.nnz[:, 0], direct[:, 3].astype(int))
     # max_nnz stops at a death time of the direct integration
     k = 5
     tr2 = R.solve_reduced(model, W0, save, max_nnz=k)
@@ -262,10 +263,10 @@ def test_snapshots_and_zeros_match_row_stats():
     assert np.all(tr.snapshots[:, W0 == 0] == 0)
     assert np.all(np.sign(tr.snapshots) * np.sign(W0) >= 0)  # signs kept
     for j in range(12):
-        ref = row_stats(tr.snapshots[j], model)
-        assert np.array_equal(tr.nnz[j], ref["nnz"])
-        np.testing.assert_allclose(tr.l2sq[j], ref["l2sq"], rtol=1e-12)
-        np.testing.assert_allclose(tr.l1[j], ref["l1"], rtol=1e-12)
+        want = row_stats(tr.snapshots[j], model)
+        assert np.array_equal(tr.nnz[j], want["nnz"])
+        np.testing.assert_allclose(tr.l2sq[j], want["l2sq"], rtol=1e-12)
+        np.testing.assert_allclose(tr.l1[j], want["l1"], rtol=1e-12)
     assert np.all(tr.nnz[:, -1] == 0) and np.all(np.isnan(tr.relvar[:, -1]))
 
 
@@ -330,10 +331,10 @@ def test_other_implicit_methods_agree(method):
     model = _model(n=3, m=200, lam=lam)
     W0 = model.initial_weights()
     save = _save(10 / lam, 30)
-    ref = R.solve_reduced(model, W0, save)
+    base = R.solve_reduced(model, W0, save)
     tr = R.solve_reduced(model, W0, save, ode_method=method, rtol=1e-12, atol=1e-15)
     # both within ~1e-8 of the exact flow (see test_matches_direct_integration...)
-    np.testing.assert_allclose(tr.l2sq, ref.l2sq, rtol=1e-7)
+    np.testing.assert_allclose(tr.l2sq, base.l2sq, rtol=1e-7)
 
 
 # ------------------------------------------------------------- numba Radau integrator
@@ -350,34 +351,7 @@ def test_alive_count_near_matches_alive_count():
         hint = int(rng.integers(-3, rows.nz[i] + 4))
         want = R._alive_count(rows.d[i], rows.nz[i], A, s)
         assert R._alive_count_near(rows.d[i], rows.nz[i], A, s, hint) == want
-        assert want == R._alive_reference(rows.d[i], rows.nz[i], A, s)
-
-
-def test_solve2_matches_numpy():
-    rng = np.random.default_rng(6)
-    for dtype in (np.float64, np.complex128):
-        for _ in range(50):
-            M = rng.standard_normal((2, 2)).astype(dtype)
-            r = rng.standard_normal(2).astype(dtype)
-            if dtype is np.complex128:
-                M += 1j * rng.standard_normal((2, 2))
-                r += 1j * rng.standard_normal(2)
-            if rng.random() < 0.3:
-                M[0, 0] = 0.0  # needs the row swap
-            x = R._solve2(M[0, 0], M[0, 1], M[1, 0], M[1, 1], r[0], r[1])
-            # Gaussian elimination with pivoting vs LAPACK: backward stable, cond <~ 1e3
-            np.testing.assert_allclose(x, np.linalg.solve(M, r), rtol=1e-11, atol=1e-12)
-
-
-def test_predict_factor_matches_scipy():
-    from scipy.integrate._ivp.radau import predict_factor
-
-    rng = np.random.default_rng(7)
-    for _ in range(50):
-        h, h_old, e, e_old = rng.uniform(0.01, 10.0, 4)
-        assert R._predict_factor(h, h_old, e, e_old) == predict_factor(h, h_old, e, e_old)
-        assert R._predict_factor(h, np.nan, e, np.nan) == predict_factor(h, None, e, None)
-    assert R._predict_factor(1.0, 2.0, 0.0, 0.5) == np.inf
+        assert want == ref.alive_reference(rows.d[i], rows.nz[i], A, s)
 
 
 def _one_row_problem(m=300, lam=2e-3, c=1.3, seed=3):
@@ -386,14 +360,9 @@ def _one_row_problem(m=300, lam=2e-3, c=1.3, seed=3):
     return model, R.sort_rows(model.initial_weights())
 
 
-def _init_state(rows, c_fb, lam_l1, rtol, atol, t_max, ev=None):
-    n = rows.nz.size
-    fs = np.empty((n, R._NF))
-    ist = np.empty((n, R._NI), dtype=np.int64)
-    ev = np.full(n, np.nan) if ev is None else ev
-    R._radau_init(rows.d, rows.nz, rows.P1, rows.P2, c_fb, lam_l1, rtol, atol, rows.a1,
-                  t_max, ev, fs, ist)
-    return fs, ist
+def _row_run(rows, c_fb, lam_l1, rtol, atol, save, ev=None):
+    ev = np.full(rows.nz.size, np.nan) if ev is None else ev
+    return R._RowRun(rows, save, c_fb, lam_l1, rtol, atol, ev, 0.0, 0.0)
 
 
 def test_radau_steps_follow_scipy_radau_step_by_step():
@@ -411,22 +380,20 @@ def test_radau_steps_follow_scipy_radau_step_by_step():
         R._jac_kernel(rows.d, rows.nz, rows.P1, rows.P2, y, c, out)
         return out.reshape(2, 2).T.copy()
 
-    ref = scipy.integrate.Radau(fun, 0.0, np.array([1.0, rows.a1[0]]), t_max, rtol=rtol,
-                                atol=atol, jac=jac)
-    fs, ist = _init_state(rows, c, lam, rtol, atol, t_max)
-    assert fs[0, R._F_H] == ref.h_abs
-    save = np.array([0.0, t_max])
-    out = np.empty((2, 1))
+    scipy_radau = scipy.integrate.Radau(fun, 0.0, np.array([1.0, rows.a1[0]]), t_max,
+                                        rtol=rtol, atol=atol, jac=jac)
+    run = _row_run(rows, c, lam, rtol, atol, np.array([0.0, t_max]))
+    st = run.st
+    assert st["h"][0] == scipy_radau.h_abs
     for _ in range(40):
-        ref.step()
-        R._radau_advance(rows.d, rows.nz, rows.P1, rows.P2, c, lam, rtol, atol, save, 1,
-                         fs, ist, out, out.copy())
-        assert ist[0, R._I_NFEV] == ref.nfev and ist[0, R._I_NJEV] == ref.njev
+        scipy_radau.step()
+        run.advance(1)
+        assert st["nfev"][0] == scipy_radau.nfev and st["njev"][0] == scipy_radau.njev
         # the error estimate of the first steps is at rounding level (~1e-15 absolute),
         # so the step sizes pick up relative differences ~1e-6 (measured 1.5e-6)
-        assert abs(fs[0, R._F_T] - ref.t) <= 1e-5 * ref.t
+        assert abs(st["t"][0] - scipy_radau.t) <= 1e-5 * scipy_radau.t
         # same point of the same solution: scipy's dense output at our t (measured 1e-13)
-        np.testing.assert_allclose(fs[0, [R._F_A, R._F_S]], ref.dense_output()(fs[0, R._F_T]),
+        np.testing.assert_allclose(st["y"][0], scipy_radau.dense_output()(st["t"][0]),
                                    rtol=1e-11)
 
 
@@ -437,20 +404,17 @@ def test_radau_result_independent_of_call_chunks():
     ev = np.array([rows.d[0, 3]])
     results = []
     for budget in (1, 7, 10**9):
-        fs, ist = _init_state(rows, model.c, model.lam, 1e-10, 1e-13, t_max, ev)
-        out_A, out_s = np.full((13, 1), np.nan), np.full((13, 1), np.nan)
+        run = _row_run(rows, model.c, model.lam, 1e-10, 1e-13, save, ev)
         calls = 0
-        while ist[0, R._I_STATUS] == R._RUNNING:
-            R._radau_advance(rows.d, rows.nz, rows.P1, rows.P2, model.c, model.lam, 1e-10,
-                             1e-13, save, budget, fs, ist, out_A, out_s)
+        while run.row["status"][0] == R._RUNNING:
+            run.advance(budget)
             calls += 1
-        assert ist[0, R._I_STATUS] == R._EVENT
-        assert calls == -(-ist[0, R._I_STEPS] // budget)  # the budget was honoured
-        results.append((fs.copy(), ist.copy(), out_A, out_s))
-    for fs, ist, out_A, out_s in results[1:]:
-        assert np.array_equal(fs, results[0][0]) and np.array_equal(ist, results[0][1])
-        assert np.array_equal(out_A, results[0][2], equal_nan=True)
-        assert np.array_equal(out_s, results[0][3], equal_nan=True)
+        assert run.row["status"][0] == R._EVENT
+        assert calls == -(-run.st["steps"][0] // budget)  # the budget was honoured
+        results.append((run.st.copy(), run.row.copy(), *run.out))
+    for got in results[1:]:
+        for a, b in zip(got, results[0]):
+            assert a.tobytes() == b.tobytes()  # bitwise, NaN included
 
 
 def test_rows_are_integrated_independently():
@@ -503,7 +467,263 @@ def test_radau_numba_agrees_with_scipy_radau(m, lam, c, switches, n, max_nnz):
 
 
 def test_numba_failure_raises_divergence_error():
-    # once one weight is left, A grows like exp(λ t / w): A² overflows near λ t ≈ 350
-    model = _model(n=1, m=10, lam=1e-2)
-    with pytest.raises(DivergenceError, match=r"radau-numba\) failed on row 0 at t="):
-        R.solve_reduced(model, model.initial_weights(), _save(1e5, 5))
+    # ‖W‖² overflows at once: the port fails with a step size underflow
+    model = _model(n=1, m=2, lam=1e-2)
+    with pytest.warns(RuntimeWarning), \
+            pytest.raises(DivergenceError, match=r"radau-numba\) failed on row 0 at t="):
+        R.solve_reduced(model, np.array([[1e200, 0.5]]), _save(10.0, 5))
+
+
+# ------------------------------------------------------ long runs: terminal phase
+def _stable_root(c, lam):
+    """The stable fixed point of c(1 - w²) w = λ (the larger root, in (1/√3, 1))."""
+    return scipy.optimize.brentq(lambda w: c * (1 - w * w) * w - lam, 1 / np.sqrt(3), 1.0,
+                                 xtol=1e-300, rtol=8.9e-16)
+
+
+def _long_save(lam, k=60):
+    return np.concatenate([[0.0], np.geomspace(1e-3, 1e4 / lam, k - 1)])
+
+
+@pytest.mark.parametrize("m, lam, c", [(50, 1e-2, 1.0), (200, 1e-3, 4.0), (30, 5e-2, 0.5),
+                                       (100, 0.1, 1.0)])
+def test_long_run_ends_at_the_fixed_point(m, lam, c):
+    model = Model(n=3, m=m, lam=lam, c=c, interference=False, init_std=0.9 / np.sqrt(m),
+                  seed=3)
+    W0 = model.initial_weights()
+    save = _long_save(lam)  # t = 10⁴/λ: A ~ e^{10⁴} would overflow
+    tr = R.solve_reduced(model, W0, save)
+    assert tr.stats.status == "completed" and tr.t[-1] == 1e4 / lam
+    for name in ("l1", "l2sq", "l4", "loss"):
+        assert np.all(np.isfinite(tr.stat(name)))
+    assert np.all(tr.nnz[-1] == 1) and np.all(np.count_nonzero(tr.W, axis=1) == 1)
+    w_star = _stable_root(c, lam)
+    # the surviving weight is the root to rounding (measured <= 1 ulp, 1.1e-16)
+    np.testing.assert_allclose(np.abs(tr.W[tr.W != 0]), w_star, rtol=4e-16, atol=0)
+    np.testing.assert_allclose(tr.l2sq[-1], w_star**2, rtol=1e-15)
+    # ln A grows at the rate λ/w* of A' = c(1 - w*²) A (measured 1e-6 over the last
+    # decade of t: the approach to w* is done)
+    path = R.reduced_path(model, W0, save)
+    rate = (path.log_A[-1] - path.log_A[-2]) / (save[-1] - save[-2])
+    np.testing.assert_allclose(rate, lam / w_star, rtol=1e-6)
+    assert np.all(np.isfinite(path.A)) and np.all(path.A[-1] == 2.0**255)
+    # the stop at one weight per row still works on the long horizon
+    sp = R.solve_reduced(model, W0, save, max_nnz=1)
+    assert sp.stats.status == "sparse" and sp.nnz[-1].max() == 1
+    assert sp.nnz[-2].max() > 1 and sp.t[-1] < 1e4 / lam
+
+
+@pytest.mark.parametrize("m, lam, c", [(50, 1e-2, 1.0), (200, 1e-3, 4.0)])
+def test_long_run_unchanged_by_tighter_rtol(m, lam, c):
+    """The long-run statistics are a property of the flow, not of the tolerance."""
+    model = Model(n=3, m=m, lam=lam, c=c, interference=False, init_std=0.9 / np.sqrt(m),
+                  seed=7)
+    W0 = model.initial_weights()
+    save = _long_save(lam)
+    a = R.solve_reduced(model, W0, save)
+    b = R.solve_reduced(model, W0, save, rtol=1e-12, atol=1e-15)
+    assert np.array_equal(a.nnz, b.nnz)
+    # measured <= 1.1e-10 (l4), 5.5e-11 (l2sq) relative over all save times
+    for name in ("l1", "l2sq", "l4", "loss"):
+        np.testing.assert_allclose(a.stat(name), b.stat(name), rtol=1e-9, atol=1e-300)
+    np.testing.assert_allclose(a.W, b.W, rtol=1e-14, atol=0)  # both at the root
+
+
+def _long_run(lam, **switches):
+    model = Model(n=3, m=50, lam=lam, interference=False, init_std=0.9 / np.sqrt(50),
+                  seed=5, **switches)
+    W0 = model.initial_weights()
+    save = _long_save(lam)
+    return model, W0, save, R.solve_reduced(model, W0, save)
+
+
+def test_long_run_without_feature_benefit_kills_every_weight():
+    lam = 1e-2
+    model, W0, save, tr = _long_run(lam, feature_benefit=False)
+    for name in ("l1", "l2sq", "l4", "loss"):
+        assert np.all(np.isfinite(tr.stat(name)))
+    assert np.all(np.isfinite(tr.W)) and np.all(tr.W == 0)
+    # a pure shift: every weight dies at |W0|/λ exactly, the last at max|W0|/λ
+    t_death = np.abs(W0).max(axis=1) / lam
+    alive = tr.nnz > 0
+    assert np.array_equal(alive, save[:, None] < t_death[None, :])
+
+
+def test_long_run_without_l1_keeps_every_weight():
+    model, W0, save, tr = _long_run(1e-2, l1=False)
+    assert np.all(tr.nnz == 50)
+    # A tends to its fixed point ‖A W0‖ = 1 (measured 5e-15)
+    path = R.reduced_path(model, W0, save)
+    np.testing.assert_allclose(path.A[-1], 1 / np.sqrt((W0**2).sum(axis=1)), rtol=1e-13)
+    np.testing.assert_allclose(tr.l2sq[-1], 1.0, rtol=1e-13)
+
+
+def test_long_run_with_tied_largest_weights_and_a_single_weight():
+    lam, c = 1e-2, 1.0
+    model = Model(n=3, m=40, lam=lam, c=c, interference=False, init_std=0.9 / np.sqrt(40),
+                  seed=2)
+    W0 = model.initial_weights()
+    W0[0, :3] = 1.01 * np.abs(W0[0]).max() * np.array([1.0, -1.0, 1.0])  # 3 tied largest
+    W0[1] = 0.0
+    W0[1, 5] = -0.3  # one nonzero weight: terminal phase from t = 0
+    save = _long_save(lam)
+    tr = R.solve_reduced(model, W0, save)
+    assert tr.nnz[-1].tolist() == [3, 1, 1]
+    # z tied survivors sit at the stable root of c(1 - z w²) w = λ (measured <= 1 ulp)
+    w3 = scipy.optimize.brentq(lambda w: c * (1 - 3 * w * w) * w - lam, 1 / 3, 1 / np.sqrt(3),
+                               xtol=1e-300, rtol=8.9e-16)
+    np.testing.assert_allclose(tr.W[0, :3], w3 * np.array([1.0, -1.0, 1.0]), rtol=4e-16)
+    np.testing.assert_allclose(tr.W[1, 5], -_stable_root(c, lam), rtol=4e-16)
+    # the single weight follows w' = c(1 - w²) w - λ from the start (measured 9.4e-13
+    # against LSODA at rtol 1e-13)
+    sol = scipy.integrate.solve_ivp(lambda t, w: c * (1 - w * w) * w - lam, (0, save[-1]),
+                                    [0.3], t_eval=save, rtol=1e-13, atol=1e-16,
+                                    method="LSODA")
+    np.testing.assert_allclose(tr.l1[:, 1], sol.y[0], rtol=1e-10)
+
+
+def _row_record(phase, hint=0):
+    row = np.zeros(1, dtype=(np.record, R.ROW))
+    row["phase"], row["hint"] = phase, hint
+    return row
+
+
+def test_terminal_phase_kernels_match_reference():
+    W0 = _W0_with_zeros(n=4, m=300)
+    W0[2, :3] = 1.01 * np.abs(W0[2]).max()  # three tied largest weights
+    rows = R.sort_rows(W0)
+    assert rows.ties.tolist() == [1, 1, 3, 0]
+    rng = np.random.default_rng(8)
+    for i in range(3):
+        args = (rows.d[i], rows.nz[i], rows.P1[i], rows.P2[i], rows.ties[i])
+        for s in list(rng.uniform(-0.5, 1.5, 20)) + [0.0]:
+            u = rng.uniform(0.0, 2000.0)  # any ln A: the weights do not depend on it
+            row = _row_record(1)
+            got = R._model_f(*args, 1.7, 3e-3, row[0], u, s)
+            assert got == ref.terminal_rhs_reference(rows.ties[i], s, 1.7, 3e-3)
+            assert row["hint"][0] == (rows.ties[i] if s > 0 else 0)
+            # the same flow as (A, s) with only the ties alive: u' = A'/A
+            A = 1e6 * s / rows.d[i, rows.ties[i]] if s > 0 else 1.0
+            fa, fs = R._model_f(*args, 1.7, 3e-3, _row_record(0, 5)[0], A, s)
+            assert fs == got[1] and fa == pytest.approx(got[0] * A, rel=1e-15, abs=0)
+            J = np.empty((2, 2))
+            R._model_jac(*args, 1.7, _row_record(1)[0], u, s, J)
+            h = 1e-7
+            fd = (np.array(ref.terminal_rhs_reference(rows.ties[i], s + h, 1.7, 3e-3))
+                  - np.array(ref.terminal_rhs_reference(rows.ties[i], s - h, 1.7, 3e-3))) / (2 * h)
+            assert J[0, 0] == 0.0 and J[1, 0] == 0.0
+            if abs(s) > 1e-6:  # away from the kink at s = 0; measured 1e-9
+                np.testing.assert_allclose(J[:, 1], fd, rtol=1e-7, atol=1e-9)
+
+
+def test_convergence_rule_kernel_matches_materialised_weights():
+    model = _model(n=4, m=300, lam=2e-3)
+    W0 = _W0_with_zeros(n=4, m=300)
+    rows = R.sort_rows(W0)
+    rng = np.random.default_rng(9)
+    for _ in range(40):
+        i = int(rng.integers(3))
+        A0 = rng.uniform(1.0, 5.0)
+        s0 = A0 * rows.a1[i] * rng.uniform(0.05, 1.0)
+        A1 = A0 * (1 + rng.uniform(-1e-3, 1e-3))
+        s1 = s0 + rng.uniform(-1e-4, 1e-4) * s0
+        h = rng.uniform(0.1, 10.0)
+        W_old = R.materialise(rows, W0, np.full(4, A0), np.full(4, s0), model)[i:i + 1]
+        W_new = R.materialise(rows, W0, np.full(4, A1), np.full(4, s1), model)[i:i + 1]
+        changed, rate = ref.step_rate_reference(W_old, W_new, h)
+        k0 = R._alive_count(rows.d[i], rows.nz[i], A0, s0)
+        k1 = R._alive_count(rows.d[i], rows.nz[i], A1, s1)
+        assert bool(changed[0]) == (k0 != k1)
+        for tol, window in ((rate[0] * (1 - 1e-9), 7.0), (rate[0] * (1 + 1e-9), 7.0)):
+            st = R.rd.new_states(1)
+            st["t_old"], st["t"], st["y"] = 50.0, 50.0 + h, [(A1, s1)]
+            row = _row_record(0, k1)
+            row["k_last"], row["t_quiet"], row["t_end"], row["cap"] = k0, 3.0, 60.0, 1e9
+            R._track(st[0], row[0], rows.d[i], A0, s0, tol, window)
+            violated = changed[0] or rate[0] > tol  # rounding: ΔW from (A, s) vs from W
+            assert (row["t_quiet"][0] == 50.0 + h) == violated
+            assert row["t_end"][0] == (max(60.0, 50.0 + h + window) if violated else 60.0)
+            assert row["k_last"][0] == k1
+
+
+# ------------------------------------------------------------- convergence stop
+@pytest.mark.parametrize("n, m, lam, tol, window", [(3, 50, 1e-2, 1e-3, 10.0),
+                                                     (4, 30, 2e-2, 1e-3, 20.0),
+                                                     (2, 60, 1e-2, 1e-4, 30.0)])
+def test_convergence_stop(n, m, lam, tol, window):
+    model = Model(n=n, m=m, lam=lam, interference=False, init_std=0.9 / np.sqrt(m), seed=11)
+    W0 = model.initial_weights()
+    save = _long_save(lam, 200)
+    tr = R.solve_reduced(model, W0, save, tol=tol, window=window)
+    s = tr.stats
+    assert s.status == "converged" and tr.t[-1] == s.t_end
+    assert s.t_end == pytest.approx(s.t_converged + window, rel=1e-15)
+    assert tr.options["tol"] == tol and tr.options["window"] == window
+    # at this tol the weights settle before the last death: the rule starts to hold at
+    # the end of the step on which the last weight died (measured 0.002 to 0.056 after)
+    t_last_death = R.solve_reduced(model, W0, save, max_nnz=1).stats.t_end
+    assert 0.0 < s.t_converged - t_last_death < 0.1
+    # before t_end the run is the unstopped one (steps clipped at the stop differ)
+    full = R.solve_reduced(model, W0, save)
+    k = tr.t.size - 1
+    assert np.array_equal(tr.t[:-1], full.t[:k]) and np.array_equal(tr.nnz[:-1], full.nnz[:k])
+    np.testing.assert_allclose(tr.l2sq[:-1], full.l2sq[:k], rtol=1e-12)
+    # the rule over the window, from the weights: support fixed, |ΔW| <= tol Δt
+    # (measured ratio <= 0.08)
+    grid = np.unique(np.concatenate([save[save < s.t_converged],
+                                     np.linspace(s.t_converged, s.t_end, 11)]))
+    dense = R.solve_reduced(model, W0, grid, snapshots=True)
+    j = np.searchsorted(grid, s.t_converged)
+    assert np.all(dense.nnz[j:] == dense.nnz[j])
+    dW = np.abs(dense.snapshots[j + 1:] - dense.snapshots[j]).max(axis=(1, 2))
+    assert np.all(dW <= tol * (grid[j + 1:] - grid[j]))
+    np.testing.assert_array_equal(dense.nnz[-1], tr.nnz[-1])
+
+
+def test_convergence_and_sparse_stops_together():
+    lam = 1e-2
+    model = Model(n=3, m=50, lam=lam, interference=False, init_std=0.9 / np.sqrt(50), seed=11)
+    W0 = model.initial_weights()
+    save = _long_save(lam, 100)
+    conv = R.solve_reduced(model, W0, save, tol=1e-3, window=10.0)
+    # max_nnz = 5 is reached first
+    sp = R.solve_reduced(model, W0, save, max_nnz=5)
+    both = R.solve_reduced(model, W0, save, max_nnz=5, tol=1e-3, window=10.0)
+    assert both.stats.status == "sparse" and both.stats.t_end == sp.stats.t_end
+    assert np.isnan(both.stats.t_converged) and np.array_equal(both.nnz, sp.nnz)
+    np.testing.assert_allclose(both.l1, sp.l1, rtol=1e-12)
+    # the converged state has 1 weight per row: max_nnz = 0 is never reached
+    both = R.solve_reduced(model, W0, save, max_nnz=0, tol=1e-3, window=10.0)
+    assert both.stats.status == "converged" and both.stats.t_end == conv.stats.t_end
+    np.testing.assert_array_equal(both.W, conv.W)
+    # without L1 nothing dies; the rows settle at ‖W‖ = 1
+    model = model.replace(l1=False)
+    tr = R.solve_reduced(model, W0, save, max_nnz=1, tol=1e-5, window=5.0)
+    assert tr.stats.status == "converged" and np.all(tr.nnz[-1] == 50)
+    np.testing.assert_allclose(tr.l2sq[-1], 1.0, rtol=1e-4)
+
+
+def test_convergence_stop_rejected_where_unsupported():
+    model = _model(n=1, m=10)
+    W0 = model.initial_weights()
+    with pytest.raises(FlowsimInputError, match="invalid tol=.*radau-numba"):
+        R.solve_reduced(model, W0, _save(1.0, 3), tol=1e-3, ode_method="Radau")
+    with pytest.raises(FlowsimInputError, match="tol"):
+        R.solve_reduced(model, W0, _save(1.0, 3), tol=-1.0)
+    with pytest.raises(FlowsimInputError, match="window"):
+        R.solve_reduced(model, W0, _save(1.0, 3), tol=1e-3, window=0.0)
+
+
+def test_run_stats_report_steps_rejections_and_step_sizes():
+    model = _model(n=3, m=100, lam=2e-3)
+    W0 = model.initial_weights()
+    save = _save(5 / model.lam, 20)
+    tr = R.solve_reduced(model, W0, save)
+    path = R.reduced_path(model, W0, save)
+    s = tr.stats
+    assert (s.steps, s.rejected, s.force_evals) == (path.steps, path.rejected, path.nfev)
+    assert s.steps > 0 and s.rejected > 0 and s.force_evals > 3 * s.steps
+    assert 0 < s.h_min <= s.h_max < save[-1] and np.isnan(s.t_converged)
+    assert f"{s.steps} steps ({s.rejected} rejected)" in s.message
+    sc = R.solve_reduced(model, W0, save[:8], ode_method="Radau").stats
+    assert sc.rejected == -1 and 0 < sc.h_min <= sc.h_max and sc.steps > 0
