@@ -240,10 +240,10 @@ def test_model_driver_cache_follows_this_file():
     driver, which compiles this port in, also carries this file's stamp."""
     import os
 
-    import flowsim.reduced as R
+    import flowsim._reduced_kernels as RK
 
     st = os.stat(rd.__file__)
-    for kernel in (R._serve, R._init_rows, R._advance):
+    for kernel in (RK._serve, RK._init_rows, RK._advance):
         stamp = kernel._cache._cache_file._source_stamp
         assert stamp == (kernel._cache._impl.locator.get_source_stamp(),
                          (st.st_mtime, st.st_size))

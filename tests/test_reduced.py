@@ -5,6 +5,7 @@ import scipy.integrate
 import scipy.optimize
 
 import _reduced_reference as ref
+import flowsim._reduced_kernels as RK
 import flowsim.reduced as R
 from flowsim import DivergenceError, FlowsimInputError, Model, row_stats
 
@@ -32,7 +33,7 @@ def test_prefix_sums_kernel_matches_reference():
     rng = np.random.default_rng(0)
     x = np.sort(np.abs(rng.standard_normal((3, 1000))) * 1e-2, axis=1)
     P = [np.empty((3, 1001)) for _ in range(4)]
-    R._prefix_power_sums(x, *P)
+    RK._prefix_power_sums(x, *P)
     for got, want in zip(P, ref.prefix_power_sums_reference(x)):
         assert got[:, 0].tolist() == [0.0, 0.0, 0.0]
         # both are within ~1 ulp of the exact sums (Kahan vs 80-bit cumsum)
@@ -52,11 +53,11 @@ def test_rhs_and_alive_kernels_match_reference():
         y = np.empty(2 * n)
         y[0::2], y[1::2] = A, s
         out = np.empty(2 * n)
-        R._rhs_kernel(rows.d, rows.nz, rows.P1, rows.P2, y, 1.3, 2e-3, out)
+        RK._rhs_kernel(rows.d, rows.nz, rows.P1, rows.P2, y, 1.3, 2e-3, out)
         want = ref.rhs_reference(rows.d, rows.nz, rows.P1, rows.P2, y, 1.3, 2e-3)
         assert np.array_equal(out, want)
         for i in range(n):
-            k = R._alive_count(rows.d[i], rows.nz[i], A[i], s[i])
+            k = RK._alive_count(rows.d[i], rows.nz[i], A[i], s[i])
             assert k == np.count_nonzero(A[i] * rows.d[i, : rows.nz[i]] < s[i])
 
 
@@ -65,7 +66,7 @@ def test_jacobian_kernel_matches_finite_differences():
     rows = R.sort_rows(W0)
     y = np.array([3.0, 0.6 * 3.0 * rows.a1[0], 1.5, 0.9 * 1.5 * rows.a1[1], 2.0, -0.1])
     J = np.empty(12)
-    R._jac_kernel(rows.d, rows.nz, rows.P1, rows.P2, y, 1.0, J)
+    RK._jac_kernel(rows.d, rows.nz, rows.P1, rows.P2, y, 1.0, J)
     h = 1e-7 * np.maximum(np.abs(y), 1e-3)
     for col in range(6):
         e = np.zeros(6)
@@ -88,7 +89,7 @@ def test_materialise_kernel_matches_numpy_formula():
     A = np.array([2.0, 5.0, 1.0, 3.0])
     s = A * rows.a1 * np.array([0.7, 0.2, -0.5, 0.3])
     out = np.empty_like(W0)
-    R._materialise_kernel(W0, rows.a1, A, s, out)
+    RK._materialise_kernel(W0, rows.a1, A, s, out)
     assert np.array_equal(out, ref.materialise_reference(W0, rows.a1, A, s))
     # and it is the affine map of the brief, B = A a1 - s (up to rounding)
     np.testing.assert_allclose(out, ref.reduced_weights(W0, A, A * rows.a1 - s), atol=1e-15)
@@ -349,8 +350,8 @@ def test_alive_count_near_matches_alive_count():
         if rng.random() < 0.2 and rows.nz[i] > 0:  # exactly on a weight: dead
             s = A * rows.d[i, int(rng.integers(rows.nz[i]))]
         hint = int(rng.integers(-3, rows.nz[i] + 4))
-        want = R._alive_count(rows.d[i], rows.nz[i], A, s)
-        assert R._alive_count_near(rows.d[i], rows.nz[i], A, s, hint) == want
+        want = RK._alive_count(rows.d[i], rows.nz[i], A, s)
+        assert RK._alive_count_near(rows.d[i], rows.nz[i], A, s, hint) == want
         assert want == ref.alive_reference(rows.d[i], rows.nz[i], A, s)
 
 
@@ -372,12 +373,12 @@ def test_radau_steps_follow_scipy_radau_step_by_step():
 
     def fun(t, y):
         out = np.empty(2)
-        R._rhs_kernel(rows.d, rows.nz, rows.P1, rows.P2, y, c, lam, out)
+        RK._rhs_kernel(rows.d, rows.nz, rows.P1, rows.P2, y, c, lam, out)
         return out
 
     def jac(t, y):
         out = np.empty(4)
-        R._jac_kernel(rows.d, rows.nz, rows.P1, rows.P2, y, c, out)
+        RK._jac_kernel(rows.d, rows.nz, rows.P1, rows.P2, y, c, out)
         return out.reshape(2, 2).T.copy()
 
     scipy_radau = scipy.integrate.Radau(fun, 0.0, np.array([1.0, rows.a1[0]]), t_max,
@@ -406,10 +407,10 @@ def test_radau_result_independent_of_call_chunks():
     for budget in (1, 7, 10**9):
         run = _row_run(rows, model.c, model.lam, 1e-10, 1e-13, save, ev)
         calls = 0
-        while run.row["status"][0] == R._RUNNING:
+        while run.row["status"][0] == RK._RUNNING:
             run.advance(budget)
             calls += 1
-        assert run.row["status"][0] == R._EVENT
+        assert run.row["status"][0] == RK._EVENT
         assert calls == -(-run.st["steps"][0] // budget)  # the budget was honoured
         results.append((run.st.copy(), run.row.copy(), *run.out))
     for got in results[1:]:
@@ -583,7 +584,7 @@ def test_long_run_with_tied_largest_weights_and_a_single_weight():
 
 
 def _row_record(phase, hint=0):
-    row = np.zeros(1, dtype=(np.record, R.ROW))
+    row = np.zeros(1, dtype=(np.record, RK.ROW))
     row["phase"], row["hint"] = phase, hint
     return row
 
@@ -599,15 +600,15 @@ def test_terminal_phase_kernels_match_reference():
         for s in list(rng.uniform(-0.5, 1.5, 20)) + [0.0]:
             u = rng.uniform(0.0, 2000.0)  # any ln A: the weights do not depend on it
             row = _row_record(1)
-            got = R._model_f(*args, 1.7, 3e-3, row[0], u, s)
+            got = RK._model_f(*args, 1.7, 3e-3, row[0], u, s)
             assert got == ref.terminal_rhs_reference(rows.ties[i], s, 1.7, 3e-3)
             assert row["hint"][0] == (rows.ties[i] if s > 0 else 0)
             # the same flow as (A, s) with only the ties alive: u' = A'/A
             A = 1e6 * s / rows.d[i, rows.ties[i]] if s > 0 else 1.0
-            fa, fs = R._model_f(*args, 1.7, 3e-3, _row_record(0, 5)[0], A, s)
+            fa, fs = RK._model_f(*args, 1.7, 3e-3, _row_record(0, 5)[0], A, s)
             assert fs == got[1] and fa == pytest.approx(got[0] * A, rel=1e-15, abs=0)
             J = np.empty((2, 2))
-            R._model_jac(*args, 1.7, _row_record(1)[0], u, s, J)
+            RK._model_jac(*args, 1.7, _row_record(1)[0], u, s, J)
             h = 1e-7
             fd = (np.array(ref.terminal_rhs_reference(rows.ties[i], s + h, 1.7, 3e-3))
                   - np.array(ref.terminal_rhs_reference(rows.ties[i], s - h, 1.7, 3e-3))) / (2 * h)
@@ -631,15 +632,15 @@ def test_convergence_rule_kernel_matches_materialised_weights():
         W_old = R.materialise(rows, W0, np.full(4, A0), np.full(4, s0), model)[i:i + 1]
         W_new = R.materialise(rows, W0, np.full(4, A1), np.full(4, s1), model)[i:i + 1]
         changed, rate = ref.step_rate_reference(W_old, W_new, h)
-        k0 = R._alive_count(rows.d[i], rows.nz[i], A0, s0)
-        k1 = R._alive_count(rows.d[i], rows.nz[i], A1, s1)
+        k0 = RK._alive_count(rows.d[i], rows.nz[i], A0, s0)
+        k1 = RK._alive_count(rows.d[i], rows.nz[i], A1, s1)
         assert bool(changed[0]) == (k0 != k1)
         for tol, window in ((rate[0] * (1 - 1e-9), 7.0), (rate[0] * (1 + 1e-9), 7.0)):
             st = R.rd.new_states(1)
             st["t_old"], st["t"], st["y"] = 50.0, 50.0 + h, [(A1, s1)]
             row = _row_record(0, k1)
             row["k_last"], row["t_quiet"], row["t_end"], row["cap"] = k0, 3.0, 60.0, 1e9
-            R._track(st[0], row[0], rows.d[i], A0, s0, tol, window)
+            RK._track(st[0], row[0], rows.d[i], A0, s0, tol, window)
             violated = changed[0] or rate[0] > tol  # rounding: ΔW from (A, s) vs from W
             assert (row["t_quiet"][0] == 50.0 + h) == violated
             assert row["t_end"][0] == (max(60.0, 50.0 + h + window) if violated else 60.0)
