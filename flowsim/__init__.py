@@ -5,6 +5,7 @@ Public API (everything else is internal)::
     Model, simulate, Stop, Trajectory, RunStats, METHODS   the engine
     force, row_stats                                       kernels' Python faces
     save_trajectory, load_trajectory                       results on disk and back
+    train, Optimizer, Training                             discrete optimizers: SGD, momentum, Adam, AdamW
     flowsim.forces      NumPy reference of every force and stepper
     flowsim.theory      the paper's predictions
     flowsim.metrics     polysemanticity metrics
@@ -18,6 +19,7 @@ from .errors import DivergenceError, FlowsimInputError, FlowsimWarning
 from .integrate import METHODS, Stop, force, simulate
 from .io import load_trajectory, save_trajectory
 from .model import Model
+from .optim import Optimizer, Training, train
 from .trajectory import RunStats, Trajectory, row_stats
 
 __all__ = [
@@ -27,12 +29,15 @@ __all__ = [
     "FlowsimWarning",
     "METHODS",
     "Model",
+    "Optimizer",
     "RunStats",
     "Stop",
     "Trajectory",
+    "Training",
     "force",
     "load_trajectory",
     "row_stats",
     "save_trajectory",
     "simulate",
+    "train",
 ]

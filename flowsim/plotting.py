@@ -489,3 +489,171 @@ def figure3_compare_runs(pairs, xlabel, ylabel):
     ax.grid(True, alpha=0.3)
     ax.set_title(f"{len(pairs)} runs, one point each (jittered ±0.2)", fontsize=10)
     return fig
+
+
+# ------------------------------------------------------------------ untied and split (issue 14)
+
+_VARIANT_COLORS = {"tied": "k", "untied-tiedinit-E": "C1", "untied-E": "C0", "untied-ED": "C2"}
+
+
+def figure_untied(rows, table, labels):
+    """Untied encoder and decoder against the tied model (``python -m flowsim.untied``).
+
+    Parameters
+    ----------
+    rows : list of dict
+        One per run: ``n``, ``m``, ``seed``, ``variant``, ``t`` (save times) and
+        ``series`` (``gap``, ``norm_E``, ``norm_D`` ... at each save time).
+    table : list of dict
+        Per (n, m, variant): ``polysemantic`` (mean), ``polysemantic_std``,
+        ``clipped_fraction`` (see ``untied.per_size_table``).
+    labels : dict of str -> str
+        Legend label of each variant.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        (a) ‖E − Dᵀ‖/‖D‖ and (b) ‖D‖/‖E‖ against t, mean over seeds per (n, m);
+        (c) polysemantic neurons and (d) features whose output is clipped (d_i·e_i <= 0)
+        at the end, against m.
+    """
+    fig = Figure(figsize=(12, 8.5), layout="constrained")
+    (ax1, ax2), (ax3, ax4) = fig.subplots(2, 2)
+    ns = sorted({r["n"] for r in rows})
+    styles = {n: ls for n, ls in zip(ns, ("-", "--", ":", "-."))}
+    shown = set()
+    for (n, m, variant) in sorted({(r["n"], r["m"], r["variant"]) for r in rows}):
+        rs = [r for r in rows if (r["n"], r["m"], r["variant"]) == (n, m, variant)]
+        t = np.asarray(rs[0]["t"], dtype=float)
+        if any(len(r["t"]) != t.size for r in rs):
+            continue
+        keep = t > 0
+        gap = np.nanmean([np.asarray(r["series"]["gap"], dtype=float) for r in rs], axis=0)
+        ratio = np.nanmean([np.asarray(r["series"]["norm_D"], dtype=float)
+                            / np.asarray(r["series"]["norm_E"], dtype=float) for r in rs], axis=0)
+        color = _VARIANT_COLORS.get(variant, "C3")
+        label = labels.get(variant, variant) if variant not in shown else None
+        shown.add(variant)
+        alpha = 0.45 + 0.55 * (m == max(r["m"] for r in rows if r["n"] == n))
+        ax1.plot(t[keep], gap[keep], color=color, ls=styles[n], lw=1.2, alpha=alpha, label=label)
+        ax2.plot(t[keep], ratio[keep], color=color, ls=styles[n], lw=1.2, alpha=alpha)
+    for n in ns:
+        ax1.plot([], [], color="gray", ls=styles[n], label=f"n = {n}")
+    ax1.set_xscale("log")
+    ax1.set_xlabel("training time t")
+    ax1.set_ylabel(r"$\|E - D^T\|_F / \|D\|_F$")
+    ax1.set_title("(a) distance from tied weights (mean over seeds; each m one line)", fontsize=9)
+    ax1.legend(fontsize=7)
+    ax2.set_xscale("log")
+    ax2.set_yscale("log")
+    ax2.set_xlabel("training time t")
+    ax2.set_ylabel(r"$\|D\|_F / \|E\|_F$")
+    ax2.set_title("(b) decoder against encoder scale (L1 on E only: no minimiser, drift)", fontsize=9)
+    markers = {n: mk for n, mk in zip(ns, ("o", "s", "^", "D"))}
+    for variant in dict.fromkeys(r["variant"] for r in table):
+        color = _VARIANT_COLORS.get(variant, "C3")
+        for n in ns:
+            tr = [r for r in table if r["variant"] == variant and r["n"] == n]
+            if not tr:
+                continue
+            m = np.array([r["m"] for r in tr], dtype=float)
+            y = np.array([r["polysemantic"] for r in tr], dtype=float)
+            e = np.array([r["polysemantic_std"] for r in tr], dtype=float)
+            shift = np.exp(0.03 * (list(_VARIANT_COLORS).index(variant) - 1.5)) if variant in _VARIANT_COLORS else 1.0
+            ax3.errorbar(m * shift, y, yerr=[np.minimum(e, y), e], color=color, marker=markers[n], ls="-",
+                         lw=1, capsize=3, ms=5)
+            ax4.plot(m * shift, [r["clipped_fraction"] for r in tr], color=color, marker=markers[n], ls="-", lw=1)
+    for n in ns:
+        ax3.plot([], [], color="gray", marker=markers[n], ls="", label=f"n = {n} (t_max "
+                 f"{next(r['t_max'] for r in table if r['n'] == n):g})")
+    ax3.set_xscale("log")
+    ax3.set_yscale("symlog", linthresh=1)
+    ax3.set_xlabel("hidden neurons m")
+    ax3.set_ylabel(r"polysemantic neurons at t_max ($\sqrt{|D_{ik}E_{ki}|}$ > threshold)")
+    ax3.set_title("(c) polysemantic neurons, mean ± std over seeds (same seeds for all)", fontsize=9)
+    ax3.legend(fontsize=7)
+    ax4.set_xscale("log")
+    ax4.set_xlabel("hidden neurons m")
+    ax4.set_ylabel(r"fraction of features with $d_i \cdot e_i \leq 0$ at t_max")
+    ax4.set_title("(d) features the output ReLU clips (never learned)", fontsize=9)
+    for ax in (ax1, ax2, ax3, ax4):
+        ax.grid(True, which="both", alpha=0.3)
+    return fig
+
+
+def figure_split(table, fits, n, m):
+    """The neuron-splitting intervention (``python -m flowsim.split``).
+
+    Parameters
+    ----------
+    table : list of dict
+        Per (λ, mode, ε): ``fraction``, ``fraction_se``, ``predicted_fraction``,
+        ``t_resolve_median``, ``sigma``, ``loss_before``, ``loss_duplicated``,
+        ``loss_after`` (see ``split.summary_table``).
+    fits : list of dict
+        Per (λ, mode): ``slope``, ``intercept`` of the resolve time against ln(1/ε).
+    n, m : int
+        Size of the trained models.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        (a) fraction of duplicated polysemantic neurons that split into monosemantic
+        copies, against ε; (b) median time to resolve against ε with the predicted slope
+        1/σ; (c) loss before, right after duplication, and after retraining.
+    """
+    fig = Figure(figsize=(15, 4.6), layout="constrained")
+    ax1, ax2, ax3 = fig.subplots(1, 3)
+    lams = sorted({r["lam"] for r in table})
+    style = {"random": ("o", "-"), "targeted": ("s", "--")}
+    for q, lam in enumerate(lams):
+        color = f"C{q}"
+        for mode in ("random", "targeted"):
+            rs = [r for r in table if r["lam"] == lam and r["mode"] == mode]
+            if not rs:
+                continue
+            eps = np.array([r["eps"] for r in rs], dtype=float)
+            mk, ls = style[mode]
+            shift = np.exp(0.08 * (q - (len(lams) - 1) / 2))
+            ax1.errorbar(eps * shift, [r["fraction"] for r in rs], yerr=[r["fraction_se"] for r in rs],
+                         color=color, marker=mk, ls=ls, capsize=3, label=f"λ = {lam:g}, {mode}")
+            if mode == "random":
+                ax1.plot(eps * shift, [r["predicted_fraction"] for r in rs], color=color, marker="x", ls="",
+                         ms=8, label="predicted from the perturbation" if q == 0 else None)
+            y = np.array([r["t_resolve_median"] for r in rs], dtype=float)
+            ax2.plot(eps, y, color=color, marker=mk, ls=ls, label=f"λ = {lam:g}, {mode}")
+            fit = next((f for f in fits if f["lam"] == lam and f["mode"] == mode), None)
+            if fit is not None and mode == "targeted":
+                xx = np.geomspace(eps.min(), eps.max(), 50)
+                yy = np.nanmean(y - fit["predicted_slope"] * np.log(1 / eps)) + fit["predicted_slope"] * np.log(1 / xx)
+                ax2.plot(xx, yy, color=color, lw=3, alpha=0.25,
+                         label=r"slope $1/\sigma$ (theory)" if q == 0 else None)
+    ax1.axhline(0.5, color="k", lw=0.8, ls=":", label="1/2: coin flip per two-feature neuron")
+    ax1.set_xscale("log")
+    ax1.set_ylim(-0.05, 1.05)
+    ax1.set_xlabel("perturbation size ε")
+    ax1.set_ylabel("fraction of duplicated neurons that split")
+    ax1.set_title(f"(a) split into monosemantic copies (n = {n}, m = {m}; one noise draw per "
+                  "model, scaled by ε)", fontsize=9)
+    ax1.legend(fontsize=7)
+    ax2.set_xscale("log")
+    ax2.set_xlabel("perturbation size ε")
+    ax2.set_ylabel("median time to resolve (after the intervention)")
+    ax2.set_title(r"(b) time until each feature keeps one copy: $\approx \ln(1/\varepsilon)/\sigma$", fontsize=9)
+    ax2.legend(fontsize=7)
+    x = np.arange(len(lams))
+    for k, (field, label) in enumerate((("loss_before", "before"), ("loss_duplicated", "after duplication"),
+                                         ("loss_after", "after retraining"))):
+        vals = []
+        for lam in lams:
+            rs = [r for r in table if r["lam"] == lam and r["mode"] == "random"] or \
+                 [r for r in table if r["lam"] == lam]
+            vals.append(np.mean([r[field] / max(r["runs"], 1) for r in rs]))
+        ax3.bar(x + (k - 1) * 0.27, vals, width=0.27, color=f"C{k + 4}", label=label)
+    ax3.set_xticks(x, [f"λ = {lam:g}" for lam in lams])
+    ax3.set_ylabel("loss per trained model (mean over seeds and ε)")
+    ax3.set_title("(c) loss; duplication adds (√2−1)λΣ|W| (the L1 term)", fontsize=9)
+    ax3.legend(fontsize=7)
+    for ax in (ax1, ax2, ax3):
+        ax.grid(True, which="both", alpha=0.3)
+    return fig

@@ -11,7 +11,8 @@ BENCH = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
 
 @pytest.mark.parametrize("script, extra", [("bench_polysemantic.py", ["--no-torch"]),
                                            ("bench_sparsify.py", ["--repeats", "1"]),
-                                           ("bench_noise.py", ["--no-torch", "--repeats", "1"])])
+                                           ("bench_noise.py", ["--no-torch", "--repeats", "1"]),
+                                           ("bench_optim.py", ["--no-torch"])])
 def test_benchmark_script_quick(script, extra, tmp_path):
     out = tmp_path / "r.json"
     r = subprocess.run([sys.executable, str(BENCH / script), "--quick", "--json", str(out), *extra],

@@ -208,3 +208,106 @@ def test_polysemantic_bad_arguments(args, name, tmp_path):
     assert r.returncode == 2
     lines = [ln for ln in r.stderr.splitlines() if "warning" not in ln]
     assert len(lines) == 1 and name in lines[0], r.stderr
+
+
+# ---------------------------------------------------------------- discrete optimizers (issue 12)
+
+OPT = ["--n", "12", "--m", "24", "48", "--seeds", "2", "--steps", "300", "--lr", "0.01", "--l1", "0.01"]
+
+
+def test_paper_sets_the_published_procedure():
+    args = parser().parse_args(["--paper"])
+    specs = polysemantic.specs_from_args(args)
+    assert args.optimizer == "adamw" and args.count == "window" and args.seeds == 16
+    assert len(specs) == 256 and {s.params["m"] for s in specs} == set(range(256, 4097, 256))
+    p = specs[0].params
+    assert p == dict(n=256, m=256, seed=0, optimizer="adamw", steps=7500, l1=1e-3, c=4.0, threshold=0.5,
+                     lr=1e-3, betas=[0.9, 0.999], eps=1e-8, weight_decay=0.01)
+    both = polysemantic.specs_from_args(parser().parse_args(["--paper", "--compare", "--m", "512"]))
+    assert [s.key for s in both[:2]] == ["n256_m512_seed0", "n256_m512_seed1"]
+    assert both[16].key == "n256_m512_seed0_adamw" and "optimizer" not in both[0].params
+
+
+def test_optimizer_run_is_train_on_the_same_initial_weights():
+    from flowsim import Model
+    from flowsim.metrics import count_polysemantic
+    from flowsim.optim import Optimizer, train
+
+    params = dict(n=12, m=24, seed=1, optimizer="adamw", steps=300, l1=0.01, c=4.0, threshold=0.5,
+                  **polysemantic.optimizer_params("adamw", lr=0.01))
+    assert params["betas"] == [0.9, 0.999] and params["weight_decay"] == 0.01
+    out = run_one(params)
+    model = Model(n=12, m=24, lam=0.01, c=4.0, seed=1)
+    W = train(model, Optimizer("adamw", lr=0.01), 300, save_at=[]).W[0]
+    assert out["status"] == "completed" and out["steps"] == 300 and out["t_end"] == pytest.approx(3.0)
+    assert out["polysemantic_window"] == count_polysemantic(W, window=(0.8, 1.2))
+    assert out["polysemantic"] == count_polysemantic(W, threshold=0.5)
+    flow = run_one(dict(FIG3, n=12, m=24, seed=1, lam=0.02))
+    assert flow["w0_sha256"] == out["w0_sha256"]
+
+
+def test_optimizer_sweep_serial_and_resume(tmp_path):
+    r = run(*OPT, "--optimizer", "adamw", "--quiet", "--executor", "serial", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    rows = read_csv(tmp_path / "polysemantic_adamw.csv")
+    assert len(rows) == 4 and {x["status"] for x in rows} == {"completed"}
+    assert {x["steps"] for x in rows} == {"300"} and {x["lr"] for x in rows} == {"0.01"}
+    meta = read_strict_json(tmp_path / "polysemantic_adamw.json")
+    assert meta["parameters"]["optimizer"] == "adamw" and meta["parameters"]["weight_decay"] == 0.01
+    assert [t["m"] for t in meta["per_m"]] == [24, 48] and meta["count"] == "threshold"
+    assert (tmp_path / "figure3_polysemantic_adamw.png").exists()
+    assert not (tmp_path / "polysemantic.csv").exists()            # the flow's outputs are left alone
+    r = run(*OPT, "--optimizer", "adamw", "--quiet", "--executor", "serial", "--out", str(tmp_path))
+    meta = read_strict_json(tmp_path / "polysemantic_adamw.json")
+    assert r.returncode == 0 and meta["skipped"] == 4 and meta["rerun"] == {}
+    assert comparable(read_csv(tmp_path / "polysemantic_adamw.csv")) == comparable(rows)
+    r = run(*OPT[:-4], "--lr", "0.02", "--l1", "0.01", "--optimizer", "adamw", "--quiet",
+            "--executor", "serial", "--out", str(tmp_path), "--no-plot")
+    meta = read_strict_json(tmp_path / "polysemantic_adamw.json")
+    assert r.returncode == 0 and meta["rerun"]["n12_m24_seed0_adamw"] == "lr: stored 0.01, now 0.02"
+
+
+def test_compare_pairs_flow_and_optimizer_on_the_same_initial_weights(tmp_path):
+    r = run(*OPT, "--compare", "--optimizer", "adamw", "--lam", "0.02", "--count", "window",
+            "--executor", "serial", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert "flow   adamw" in r.stdout
+    pairs = read_csv(tmp_path / "flow_vs_adamw.csv")
+    assert len(pairs) == 4 and {p["same_w0"] for p in pairs} == {"True"}
+    runs = {rec.stem: json.loads(rec.read_text())["result"]
+            for rec in (tmp_path / "polysemantic_runs").glob("*.json")}
+    for p in pairs:
+        flow, opt = runs[f"n12_m{p['m']}_seed{p['seed']}"], runs[f"n12_m{p['m']}_seed{p['seed']}_adamw"]
+        assert int(p["flow"]) == flow["polysemantic_window"] and int(p["adamw"]) == opt["polysemantic_window"]
+        assert int(p["diff"]) == opt["polysemantic_window"] - flow["polysemantic_window"]
+    meta = read_strict_json(tmp_path / "flow_vs_adamw.json")
+    assert meta["pairs"] == 4 and meta["same_initial_weights"] == 4 and meta["count"] == "window"
+    assert meta["flow_parameters"]["lam"] == 0.02 and meta["optimizer_parameters"]["l1"] == 0.01
+    m24 = [p for p in pairs if p["m"] == "24"]
+    t24 = meta["per_m"][0]
+    assert t24["m"] == 24 and t24["mean"] == pytest.approx(np.mean([float(p["adamw"]) for p in m24]))
+    assert t24["flow_mean"] == pytest.approx(np.mean([float(p["flow"]) for p in m24]))
+    for name in ("figure3_flow_vs_adamw.png", "figure3_flow_vs_adamw_runs.png"):
+        assert (tmp_path / name).exists()
+
+
+@pytest.mark.parametrize(
+    "args, name",
+    [
+        (["--optimizer", "adamw", "--lr", "0"], "--lr=0.0"),
+        (["--optimizer", "adam", "--betas", "1", "0.9"], "--betas=(1.0, 0.9)"),
+        (["--optimizer", "adamw", "--weight-decay", "-1"], "--weight-decay=-1.0"),
+        (["--optimizer", "sgd", "--steps", "0"], "--steps=0"),
+        (["--optimizer", "adamw", "--l1", "-1"], "--l1=-1.0"),
+        (["--optimizer", "adamw", "--momentum", "0.5"], "--momentum=0.5"),
+        (["--lr", "0.1"], "--lr=0.1"),
+        (["--optimizer", "adamw", "--dt", "0.1"], "--dt=0.1"),
+        (["--compare"], "--compare=True"),
+        (["--paper", "--c", "4"], "--c=4.0"),
+    ],
+)
+def test_optimizer_bad_arguments(args, name, tmp_path):
+    r = run(*args, "--out", str(tmp_path), "--quiet")
+    assert r.returncode == 2
+    lines = [ln for ln in r.stderr.splitlines() if "warning" not in ln]
+    assert len(lines) == 1 and name in lines[0], r.stderr
