@@ -12,6 +12,8 @@ Public API (everything else is internal)::
     flowsim.sweep       sweeps on any concurrent.futures executor (local, Dask)
     flowsim.io          atomic saving of results with their metadata
     flowsim.noise       the noisy-hidden-layer model (Section 3): NoiseModel, train, drift_check
+    flowsim.untied      untied encoder and decoder: UntiedModel, simulate_untied
+    flowsim.split       the neuron-splitting intervention of Section 4
     flowsim.plotting    the paper's figures as functions returning Figures
 """
 from ._version import __version__

@@ -566,8 +566,12 @@ def figure_untied(rows, table, labels):
     for n in ns:
         ax3.plot([], [], color="gray", marker=markers[n], ls="", label=f"n = {n} (t_max "
                  f"{next(r['t_max'] for r in table if r['n'] == n):g})")
+        mm = np.array(sorted({r["m"] for r in table if r["n"] == n}), dtype=float)
+        ax3.plot(mm, theory.polysemantic_expected(n, mm), color="C3", ls=":", lw=1,
+                 label=r"$n^2/(4m)$ (tied theory)" if n == ns[0] else None)
     ax3.set_xscale("log")
     ax3.set_yscale("symlog", linthresh=1)
+    ax3.set_ylim(bottom=0)
     ax3.set_xlabel("hidden neurons m")
     ax3.set_ylabel(r"polysemantic neurons at t_max ($\sqrt{|D_{ik}E_{ki}|}$ > threshold)")
     ax3.set_title("(c) polysemantic neurons, mean ± std over seeds (same seeds for all)", fontsize=9)
