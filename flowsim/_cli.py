@@ -57,3 +57,28 @@ def check_out_dir(path, name="--out") -> Path:
         raise invalid(name, str(path), f"must be a folder that can be created and written "
                       f"({err.strerror or err})") from None
     return path
+
+
+def sweep_command(prog, fn, specs, store, args):
+    """Run a command's sweep: one BLAS/numba thread per worker process, progress unless
+    ``--quiet``, Ctrl-C reported with where the finished runs are.
+
+    Returns ``(SweepResult, wall seconds)``, or None after Ctrl-C (exit with
+    EXIT_INTERRUPTED). ``fn`` must be importable by the workers (not from ``__main__``).
+    """
+    import time
+
+    from .sweep import run_sweep
+
+    if args.executor != "serial":
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+            os.environ.setdefault(var, "1")
+    tick = time.perf_counter()
+    try:
+        sweep = run_sweep(fn, specs, store, executor=args.executor, workers=args.workers,
+                          resume=args.resume, retries=args.retries, progress=not args.quiet)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{prog}: interrupted; finished runs are in {store}/ "
+                         "(the same command again runs only what is missing)\n")
+        return None
+    return sweep, time.perf_counter() - tick

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import sys
 import time
 from argparse import BooleanOptionalAction
@@ -676,24 +675,15 @@ def main(argv=None):
     args = parser().parse_args(argv)
     specs = specs_from_args(args)
     out = _cli.check_out_dir(args.out)
-    if args.executor != "serial":
-        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-            os.environ.setdefault(var, "1")
     from .io import write_csv, write_json
-    from .sweep import run_sweep, strict_json
-
-    store = out / "split_runs"
-    tick = time.perf_counter()
+    from .sweep import strict_json
     from flowsim.split import run_one as fn   # importable by the workers (not __main__)
 
-    try:
-        sweep = run_sweep(fn, specs, store, executor=args.executor, workers=args.workers,
-                          resume=args.resume, retries=args.retries, progress=not args.quiet)
-    except KeyboardInterrupt:
-        sys.stderr.write(f"{PROG}: interrupted; finished runs are in {store}/ "
-                         "(the same command again runs only what is missing)\n")
+    store = out / "split_runs"
+    done = _cli.sweep_command(PROG, fn, specs, store, args)
+    if done is None:
         return _cli.EXIT_INTERRUPTED
-    wall = time.perf_counter() - tick
+    sweep, wall = done
     rows = flat_rows(specs, sweep.results)
     table = summary_table(specs, sweep.results, args.c)
     fits = time_fits(table)

@@ -948,32 +948,21 @@ def main(argv=None):
     timing, flowsim version and environment). Each finished run is stored at once in
     ``<out>/untied_runs/`` and reused by the same command.
     """
-    import os
-
     from . import _cli
 
     args = parser().parse_args(argv)
     specs = specs_from_args(args)
     out = _cli.check_out_dir(args.out)
-    if args.executor != "serial":
-        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-            os.environ.setdefault(var, "1")
     from .io import write_csv, write_json
     from .provenance import environment
-    from .sweep import results_table, run_sweep, strict_json
-
-    store = out / "untied_runs"
-    tick = time.perf_counter()
+    from .sweep import results_table, strict_json
     from flowsim.untied import run_one as fn   # importable by the workers (not __main__)
 
-    try:
-        sweep = run_sweep(fn, specs, store, executor=args.executor, workers=args.workers,
-                          resume=args.resume, retries=args.retries, progress=not args.quiet)
-    except KeyboardInterrupt:
-        sys.stderr.write(f"{PROG}: interrupted; finished runs are in {store}/ "
-                         "(the same command again runs only what is missing)\n")
+    store = out / "untied_runs"
+    done = _cli.sweep_command(PROG, fn, specs, store, args)
+    if done is None:
         return _cli.EXIT_INTERRUPTED
-    wall = time.perf_counter() - tick
+    sweep, wall = done
     rows = results_table(specs, sweep.results)
     flat = [{k: v for k, v in r.items() if k not in ("series", "t", "model")} for r in rows]
     main_rows = [r for r in rows if r["dt"] == args.dt]
