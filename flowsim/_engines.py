@@ -16,6 +16,10 @@ Which engine runs is decided by :func:`make_engine`:
 * :class:`DenseEngine` -- interference on: two BLAS products per force evaluation on the
   columns that still hold a nonzero; with L1 on it runs :class:`SparseEngine` on every
   step that starts with at most ``sparse_below`` of the weights nonzero.
+* :class:`SparseEngine` -- packed supports; forces on them at a cost of Σ_k (column
+  count)², releases certified by bound (B) of ``_kernels`` (the engine of commit f8da2ae,
+  which checks every reachable zero at every step, stays reachable as
+  ``DenseEngine(..., sparse_engine="legacy")`` for the benchmarks).
 
 Every choice an engine makes (which columns to compact, dense or sparse, when to
 re-materialise a lazy map) depends on the current weights alone, never on where a call
@@ -79,18 +83,26 @@ class RowsEngine:
 
 
 class DenseEngine:
-    """Rows with interference: BLAS products on the columns that still hold a nonzero.
+    """Rows with interference: BLAS products on the columns that still hold a nonzero
+    (Euler: then one pass per row for the step and its summary, ``dense_euler_step``).
 
     With L1 on, every step that starts with at most ``sparse_below`` of the weights
-    nonzero is taken by :class:`SparseEngine` (both compute the steps of
-    ``forces.reference_step``; they agree to rounding).
+    nonzero is taken by the sparse engine ``sparse_engine`` (a key of
+    :data:`SPARSE_ENGINES`; both compute the steps of ``forces.reference_step`` and agree
+    to rounding). The sparse engine keeps its state between calls while no dense step
+    intervenes (it only saves work: results do not depend on it). ``"legacy"`` runs the
+    engine of commit f8da2ae as a whole, with its Euler step of three elementwise passes.
     """
 
-    def __init__(self, W, model, method, sparse_below=0.0):
+    def __init__(self, W, model, method, sparse_below=0.0, sparse_engine="certified"):
+        if sparse_engine not in SPARSE_ENGINES:
+            raise ValueError(f"sparse_engine={sparse_engine!r}: must be one of {', '.join(SPARSE_ENGINES)}")
         self.model, self.method = model, method
         self.sparse_below = sparse_below if model.l1 else 0.0
         self.dense_above = int(np.floor(self.sparse_below * W.size))
+        self.sparse_engine = sparse_engine
         self.sparse = None
+        self._sparse_current = False  # the sparse engine's supports describe W
         self.W = W
         self.a, self.b = TABLEAUX[method]
         self.stages = len(self.b)
@@ -127,6 +139,18 @@ class DenseEngine:
         else:
             K.combine_force(U, self.norms, U, self.fb, 0.0, self.model.c, F)
 
+    def _euler_step(self, Wc, h, mask):
+        """One proximal Euler step (interference on) from Wc into self.V: the two BLAS
+        products, then one fused pass (``dense_euler_step``). Returns (all finite,
+        nonzeros, support changed, max|ΔW|), the live columns of V in mask."""
+        self._allocate(Wc.shape[1])
+        np.matmul(Wc, Wc.T, out=self.G)
+        np.copyto(self.norms, np.diagonal(self.G))
+        K.relu_offdiag(self.G, self.P)
+        np.matmul(self.P, Wc, out=self.PW)
+        return K.dense_euler_step(Wc, self.PW, self.norms, self.fb, self.model.c, h, self.lam,
+                                  self.use_sign, self.V, mask)
+
     def step(self, Wc, h):
         """One step from Wc into self.V; returns False if a value is non-finite."""
         self._allocate(Wc.shape[1])
@@ -155,13 +179,17 @@ class DenseEngine:
                 status = K.STATUS_BUDGET
             elif self._use_sparse(np.count_nonzero(self.W)):
                 if self.sparse is None:
-                    self.sparse = SparseEngine(self.W, self.model, self.method, self.dense_above)
-                self.sparse.sync()
+                    self.sparse = SPARSE_ENGINES[self.sparse_engine](self.W, self.model, self.method,
+                                                                     self.dense_above)
+                if not self._sparse_current:
+                    self.sparse.sync()
+                    self._sparse_current = True
                 self.sparse.run(t, j, t1, dt, j_end - j, stop_nnz, conv_tol, conv_window, out)
                 t, j, status = float(out[K.OUT_T]), int(out[K.OUT_J]), int(out[K.OUT_STATUS])
                 if status == K.STATUS_DENSE:
                     status = K.STATUS_DONE
             else:
+                self._sparse_current = False
                 t, j, status = self._run_dense(t, j, t1, dt, j_end, stop_nnz, conv_tol, conv_window, out)
         out[K.OUT_T], out[K.OUT_J], out[K.OUT_STATUS] = t, j, status
 
@@ -176,16 +204,21 @@ class DenseEngine:
         cols = np.flatnonzero(np.any(W != 0.0, axis=0))
         Wc = np.ascontiguousarray(W[:, cols])
         mask = np.empty(cols.size, dtype=np.bool_)
+        fused = self.method == "euler" and self.model.interference and self.sparse_engine != "legacy"
         status = K.STATUS_DONE
         while t < t1:
             t_next = K.step_end(j, t1, dt)
             h = t_next - t
             with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected below
-                ok = self.step(Wc, h)
+                if fused:
+                    ok, total, changed, diff = self._euler_step(Wc, h, mask)
+                else:
+                    ok = self.step(Wc, h)
+                    if ok:
+                        total, changed, diff = K.dense_step_summary(Wc, self.V, mask)
             if not ok:
                 status = K.STATUS_NONFINITE
                 break
-            total, changed, diff = K.dense_step_summary(Wc, self.V, mask)
             Wc, self.V = self.V, Wc
             j += 1
             t = t_next
@@ -213,42 +246,122 @@ class DenseEngine:
         return row_stats(self.W, self.model)
 
     def fork(self):
-        return DenseEngine(self.W.copy(), self.model, self.method, self.sparse_below)
+        return DenseEngine(self.W.copy(), self.model, self.method, self.sparse_below, self.sparse_engine)
 
 
 class SparseEngine:
-    """Rows with interference and L1 once sparse: O(working set) numba steps."""
+    """Rows with interference and L1 once sparse: numba steps costing Σ_k (column count)²
+    for the forces on the supports, plus the release checks that bound (B) cannot rule
+    out (see the notes heading the sparse phase kernels of ``_kernels``).
 
-    def __init__(self, W, model, method, dense_above):
+    The epoch state behind the bound only decides which zeros get their force
+    evaluated, never a number: a run's results do not depend on it, nor on the policy
+    knobs (for tests; see ``_kernels.release_phase``): ``epoch_budget`` (a new epoch
+    begins when the work on failed bounds exceeds this multiple of the last epoch's),
+    ``direct`` and ``scatter`` (multipliers of the cost thresholds above which all rows,
+    or a row whose row bound failed, have their forces scattered; 0 never, inf always).
+    """
+
+    #: Default of ``epoch_budget``: measured best between 0.1 and 4 (n = 256, m = 1024 to 4096).
+    EPOCH_BUDGET = 0.3
+
+    def __init__(self, W, model, method, dense_above, epoch_budget=EPOCH_BUDGET, direct=1.0, scatter=1.0):
         n, m = W.shape
+        nm = n * m
         self.model, self.W = model, W
         self.dense_above = dense_above
         self.a, self.b = TABLEAUX[method]
         self.euler = method == "euler"
-        self.U = np.zeros_like(W)
-        self.widx = np.empty((n, m), dtype=np.int64)
-        self.wcnt = np.empty(n, dtype=np.int64)
-        self.ws, self.Fc, self.newv = np.empty((n, m)), np.empty((n, m)), np.empty((n, m))
-        self.Kc = np.empty((len(self.b), n, m))
-        self.colrows = np.empty(n * m, dtype=np.int64)
-        self.colstart, self.colfill, self.touched = (np.empty(m, dtype=np.int64) for _ in range(3))
-        self.colcnt = np.zeros(m, dtype=np.int64)
-        self.acc, self.nbr, self.inlist = np.zeros(n), np.empty(n, dtype=np.int64), np.zeros(n, dtype=bool)
-        self.pos = np.full(m, -1, dtype=np.int64)
-        self.cand, self.candmark, self.candlist = np.zeros(m), np.zeros(m, dtype=bool), np.empty(m, dtype=np.int64)
         self.fb = 1.0 if model.feature_benefit else 0.0
+        i8, i4, u1 = np.int64, np.int32, np.uint8
+        self.bits = np.zeros((n, (m + 63) // 64), dtype=i8)
+        # packed support (row pointers, columns, values, born since the epoch began) and
+        # the step's working set (the same, with signs and forces, and the releases)
+        self.sup = (np.zeros(n + 1, dtype=i8), np.zeros(nm, dtype=i4), np.zeros(nm), np.zeros(nm, dtype=u1))
+        self.wk = (np.zeros(n + 1, dtype=i8), np.zeros(nm, dtype=i4), np.zeros(nm), np.zeros(nm),
+                   np.zeros(nm), np.zeros(nm, dtype=u1))
+        self.newv, self.Fq = np.zeros(nm), np.zeros(nm)
+        self.Kc = np.zeros((1, 1) if self.euler else (len(self.b), nm))
+        self.csc = (np.zeros(m, dtype=i8), np.zeros(m, dtype=i8), np.zeros(nm, dtype=i4),
+                    np.zeros(nm, dtype=i8), np.zeros(m, dtype=i8), np.zeros(m, dtype=i8))
+        self.colvals = np.zeros(nm)
+        npairs = max(n * (n - 1) // 2, 1)
+        self.gram = (np.zeros((n, n)), np.zeros((n, n)), np.zeros((n, n), dtype=i8),
+                     np.zeros((npairs, 2), dtype=i8))
+        self.norms, self.acc = np.zeros(n), np.zeros(n)
+        nt = K.NTIER
+        # the epoch: P(s0) and its pairs, the support at s0 packed, the columns with r_k > 0
+        self.snap = (np.zeros((n, n)), np.zeros((npairs, 2), dtype=i8), np.zeros(n + 1, dtype=i8),
+                     np.zeros(nm, dtype=i4), np.zeros(m, dtype=i8))
+        # its tables: |φ(s0)|, σ (float32), tier maxima, tier lists (columns, offsets,
+        # cursors, |φ(s0)|, σ) and the listing scratch
+        self.tab = (np.zeros((n, m), dtype=np.float32), np.zeros((n, m), dtype=np.float32),
+                    np.zeros((2, nt, n)), np.zeros(nm, dtype=i4), np.zeros((n, nt), dtype=i8),
+                    np.zeros((n, nt), dtype=i8), np.zeros(2 * nm), np.zeros(2 * nm),
+                    np.zeros(nm, dtype=i4), np.zeros(2 * nm, dtype=i4))
+        self.scr = (np.zeros(m), np.zeros(m, dtype=np.bool_), np.zeros(m, dtype=i8),
+                    np.zeros(n, dtype=i8), np.zeros(n, dtype=i8))
+        self.nbr = (np.zeros(n + 1, dtype=i8), np.zeros(2 * npairs, dtype=i8))
+        self.rel = (np.zeros(nm, dtype=i4), np.zeros(nm, dtype=i4), np.zeros(nm), np.zeros(nm),
+                    np.zeros(nm, dtype=i4))  # releases: rows, columns, forces, signs, order
+        self.istate = np.zeros(K.ES_SIZE, dtype=i8)
+        self.fstate = np.zeros(K.EF_SIZE)
+        self.fstate[K.EF_BUDGET], self.fstate[K.EF_WATCH] = epoch_budget, K.WATCH
+        self.fstate[K.EF_DIRECT], self.fstate[K.EF_SCATTER] = direct, scatter
+        self.rowv, self.colv, self.tile = np.zeros((2, n)), np.zeros((4, m)), np.zeros((2, 8, n))
+        self.counters = np.zeros(K.CT_SIZE)
 
     def sync(self):
-        """Rebuild the supports from W: each row's nonzero columns, ascending."""
-        self.widx[...] = np.argsort(self.W == 0.0, axis=1, kind="stable")
-        self.wcnt[...] = np.count_nonzero(self.W, axis=1)
+        """Rebuild the supports from W (each row's nonzero columns, ascending) and forget
+        the epoch (W was changed by someone else)."""
+        K.supports_from_dense(self.W, self.sup, self.bits)
+        self.istate[K.ES_VALID] = 0
 
     def run(self, t, j, t1, dt, jmax, stop_nnz, conv_tol, conv_window, out):
-        K.sparse_run(self.W, self.U, self.widx, self.wcnt, self.ws, self.Kc, self.Fc, self.newv,
-                     self.colrows, self.colstart, self.colcnt, self.colfill, self.touched,
-                     self.acc, self.nbr, self.inlist, self.pos, self.cand, self.candmark, self.candlist,
-                     t, j, t1, dt, jmax, self.a, self.b, self.euler, self.fb, self.model.c,
+        K.sparse_run(self.W, self.bits, self.sup, self.wk, self.newv, self.Fq, self.Kc, self.csc,
+                     self.colvals, self.gram, self.norms, self.acc, self.snap, self.tab, self.scr,
+                     self.nbr, self.rel, self.istate, self.fstate, self.rowv, self.colv, self.tile,
+                     self.counters, t, j, t1, dt, jmax, self.a, self.b, self.euler, self.fb, self.model.c,
                      self.model.l1_strength, stop_nnz, self.dense_above, conv_tol, conv_window, out)
+
+    def release_bounds(self):
+        """Bound (B) of the current epoch at the current W (for tests).
+
+        Returns
+        -------
+        entries : ndarray, shape (n, m)
+            Upper bound on |φ_ik|, the interference force on W_ik, of every entry.
+        tiers : ndarray, shape (NTIER, n)
+            The row bound of each tier of each row (covering its entries).
+        """
+        n, m = self.W.shape
+        ptr, cols, vals = self.sup[:3]
+        acol = self.colv[K.CV_A]
+        nt, ns, updates, amax = K.csc_pattern(ptr, cols, vals, self.csc, self.colvals, self.norms, acol)
+        try:
+            K.sparse_force(ptr, vals, self.csc, ns, 2 * updates > n * n, self.colvals, self.gram,
+                           self.istate, self.norms, self.acc, self.fb, self.model.c, self.Fq)
+            pmax = K.bound_inputs(self.gram[1], self.gram[3], self.istate[K.ES_PAIRS], self.snap[0],
+                                  self.snap[1], self.istate[K.ES_PAIRS0], self.rowv)
+            dmax, rmax = self.fstate[K.EF_DMAX], self.fstate[K.EF_RMAX]
+            entries, rows = np.empty((n, m)), np.empty((K.NTIER, n))
+            K.release_bounds(self.fstate, self.tab, self.rowv, self.colv, pmax, amax, dmax, rmax,
+                             self.model.c, entries, rows)
+        finally:
+            K.csc_clear(self.csc, nt, acol)
+        return entries, rows
+
+
+def _legacy_engine(W, model, method, dense_above):
+    from ._legacy_sparse import LegacySparseEngine
+
+    return LegacySparseEngine(W, model, method, dense_above)
+
+
+#: The sparse-phase engines DenseEngine can hand over to: "certified" (bound (B) of
+#: ``_kernels``) and "legacy" (commit f8da2ae: every reachable zero checked each step;
+#: the dense steps then as at f8da2ae too).
+SPARSE_ENGINES = {"certified": SparseEngine, "legacy": _legacy_engine}
 
 
 def smooth_force(W, model):

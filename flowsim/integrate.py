@@ -40,8 +40,9 @@ METHODS = EXPLICIT_METHODS + IVP_METHODS + ("reduced",)
 
 #: Number of log-spaced save times used when ``save_at`` is not given.
 DEFAULT_SAVES = 200
-#: Default density below which the sparse working-set engine takes a step (measured
-#: dense/sparse crossover at n = 256, m = 2048).
+#: Default density below which the sparse working-set engine takes a step: the measured
+#: dense/sparse crossover at n = 256 is 0.15 at m = 4096, 0.08-0.12 at m = 1024
+#: (benchmarks/bench_sparse_phase.py).
 SPARSE_BELOW = 0.15
 #: A time within this fraction of dt from a grid point k·dt counts as that grid point.
 GRID_TOL = 1e-9
@@ -123,7 +124,7 @@ def simulate(model, t_max, *, method="rk4", dt=None, W0=None, t0=0.0, save_at=No
     sparse_below : float, optional
         Fixed-step methods with interference and L1: a step that starts with at most
         this fraction of weights nonzero is taken by the sparse working-set engine
-        (default 0.15, the measured crossover at n = 256, m = 2048; 0 keeps the dense
+        (default 0.15, the measured crossover at n = 256, m = 4096; 0 keeps the dense
         engine throughout; both compute the same steps to rounding).
     progress : bool
         Show a progress bar on stderr (toward m′ = ``stop.max_nnz`` when that is set,
