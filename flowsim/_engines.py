@@ -32,16 +32,23 @@ import warnings
 
 import numpy as np
 
+from . import _adaptive as A
 from . import _kernels as K
-from .forces import TABLEAUX
+from .forces import EMBEDDED, TABLEAUX
 from .trajectory import finish_stats, row_stats
 
 
-def make_engine(W, model, method, sparse_below=0.0):
-    """The engine for ``model`` and ``method`` ("euler", "heun" or "rk4") on W (n, m)."""
+def make_engine(W, model, method, sparse_below=0.0, rtol=None, atol=None, t_end=None):
+    """The engine for ``model`` and ``method`` on W (n, m): a fixed-step method
+    ("euler", "heun", "rk4"), or an adaptive one (a key of ``forces.EMBEDDED``) with
+    tolerances ``rtol``, ``atol`` whose steps end at ``t_end`` at the latest."""
     if not model.interference or model.n == 1:
+        if method in EMBEDDED:
+            from ._adaptive_rows import AdaptiveRowsEngine
+
+            return AdaptiveRowsEngine(W, model, method, rtol, atol, t_end)
         return RowsEngine(W, model, method)
-    return DenseEngine(W, model, method, sparse_below)
+    return DenseEngine(W, model, method, sparse_below, rtol=rtol, atol=atol, t_end=t_end)
 
 
 class RowsEngine:
@@ -94,17 +101,25 @@ class DenseEngine:
     engine of commit f8da2ae as a whole, with its Euler step of three elementwise passes.
     """
 
-    def __init__(self, W, model, method, sparse_below=0.0, sparse_engine="certified"):
+    def __init__(self, W, model, method, sparse_below=0.0, sparse_engine="certified", rtol=None, atol=None,
+                 t_end=None):
         if sparse_engine not in SPARSE_ENGINES:
             raise ValueError(f"sparse_engine={sparse_engine!r}: must be one of {', '.join(SPARSE_ENGINES)}")
         self.model, self.method = model, method
+        self.adaptive = method in EMBEDDED
+        if self.adaptive:
+            sparse_engine = "adaptive"
+            self.rtol, self.atol, self.t_end = rtol, atol, t_end
         self.sparse_below = sparse_below if model.l1 else 0.0
         self.dense_above = int(np.floor(self.sparse_below * W.size))
         self.sparse_engine = sparse_engine
         self.sparse = None
         self._sparse_current = False  # the sparse engine's supports describe W
         self.W = W
-        self.a, self.b = TABLEAUX[method]
+        if self.adaptive:
+            self.a, self.b, self.bhat, self.q = EMBEDDED[method]
+        else:
+            self.a, self.b = TABLEAUX[method]
         self.stages = len(self.b)
         self.fb = 1.0 if model.feature_benefit else 0.0
         self.lam = model.l1_strength
@@ -126,6 +141,8 @@ class DenseEngine:
         self.U = np.empty((n, mc))
         self.s = np.zeros((n, mc))
         self.Ks = np.empty((self.stages, n, mc))
+        if self.adaptive:
+            self.Vhat = np.empty((n, mc))
 
     def smooth(self, U, F):
         """Smooth force at U (n, mc) into F (n, mc): two BLAS products, fused elementwise work
@@ -168,6 +185,29 @@ class DenseEngine:
             K.masked_stage(self.F, s, self.lam, self.use_sign, Ks[st])
         return K.finish_step(Wc, Ks, h * self.b, s, self.use_sign, self.V)
 
+    def first_stage(self, Wc):
+        """Stage 0 of a step from Wc (its sign pattern, then Ks[0]); it does not depend
+        on the step size, so an adaptive method computes it once per accepted state."""
+        self._allocate(Wc.shape[1])
+        self.smooth(Wc, self.F)
+        if self.use_sign:
+            K.sign_pattern(Wc, self.F, self.lam, self.s)
+        K.masked_stage(self.F, self.s, self.lam, self.use_sign, self.Ks[0])
+
+    def trial(self, Wc, h):
+        """A trial step of the embedded pair from Wc after ``first_stage``: the propagated
+        solution into self.V; returns the error norm of ``_adaptive`` (inf if non-finite)."""
+        Ks, s = self.Ks, self.s
+        for st in range(1, self.stages):
+            K.stage_value(Wc, Ks, h * self.a[st], st, self.U)
+            self.smooth(self.U, self.F)
+            K.masked_stage(self.F, s, self.lam, self.use_sign, Ks[st])
+        if not K.finish_step(Wc, Ks, h * self.b, s, self.use_sign, self.V):
+            return np.inf
+        K.stage_value(Wc, Ks, h * self.b, self.stages, self.U)  # V before the projection
+        K.stage_value(Wc, Ks, h * self.bhat, self.stages, self.Vhat)
+        return A.dense_error(Wc, self.V, self.U, self.Vhat, s, self.use_sign, self.rtol, self.atol)
+
     def _use_sparse(self, nnz_total):
         return self.sparse_below > 0 and nnz_total <= self.dense_above
 
@@ -179,8 +219,7 @@ class DenseEngine:
                 status = K.STATUS_BUDGET
             elif self._use_sparse(np.count_nonzero(self.W)):
                 if self.sparse is None:
-                    self.sparse = SPARSE_ENGINES[self.sparse_engine](self.W, self.model, self.method,
-                                                                     self.dense_above)
+                    self.sparse = self._sparse_engine()
                 if not self._sparse_current:
                     self.sparse.sync()
                     self._sparse_current = True
@@ -190,8 +229,29 @@ class DenseEngine:
                     status = K.STATUS_DONE
             else:
                 self._sparse_current = False
-                t, j, status = self._run_dense(t, j, t1, dt, j_end, stop_nnz, conv_tol, conv_window, out)
+                run = self._run_dense_adaptive if self.adaptive else self._run_dense
+                t, j, status = run(t, j, t1, dt, j_end, stop_nnz, conv_tol, conv_window, out)
+            if self.adaptive and status == K.STATUS_DONE and t < t1 and A.trial_size(t, t1, self.t_end, out) == 0.0:
+                break  # the next step would pass t1
         out[K.OUT_T], out[K.OUT_J], out[K.OUT_STATUS] = t, j, status
+
+    def _sparse_engine(self):
+        if self.adaptive:
+            from ._adaptive_sparse import AdaptiveSparseEngine
+
+            return AdaptiveSparseEngine(self.W, self.model, self.method, self.dense_above, self.rtol, self.atol,
+                                        self.t_end)
+        return SPARSE_ENGINES[self.sparse_engine](self.W, self.model, self.method, self.dense_above)
+
+    @property
+    def t_end(self):
+        return self._t_end
+
+    @t_end.setter
+    def t_end(self, value):
+        self._t_end = value
+        if getattr(self, "sparse", None) is not None:
+            self.sparse.t_end = value
 
     def _run_dense(self, t, j, t1, dt, j_end, stop_nnz, conv_tol, conv_window, out):
         """Dense steps on the live columns until t1, step j_end, a stop, or the sparse
@@ -242,10 +302,62 @@ class DenseEngine:
         W[:, cols] = Wc
         return t, j, status
 
+    def _run_dense_adaptive(self, t, j, t1, dt, j_end, stop_nnz, conv_tol, conv_window, out):
+        """``_run_dense`` for an embedded pair: trial steps sized by ``_adaptive.control``
+        (dt is not used); stops with status DONE also before a step that would pass t1."""
+        W = self.W
+        cols = np.flatnonzero(np.any(W != 0.0, axis=0))
+        Wc = np.ascontiguousarray(W[:, cols])
+        mask = np.empty(cols.size, dtype=np.bool_)
+        status = K.STATUS_DONE
+        fresh = True  # stage 0 is for the current state
+        while t < t1:
+            h = A.trial_size(t, t1, self.t_end, out)
+            if h == 0.0:
+                break
+            if h < 0.0:
+                status, out[K.OUT_BAD] = K.STATUS_NONFINITE, -2
+                break
+            with np.errstate(over="ignore", invalid="ignore"):  # non-finite trials are rejected
+                if fresh:
+                    self.first_stage(Wc)
+                    out[K.OUT_EVALS] += 1
+                    fresh = False
+                err = self.trial(Wc, h)
+            out[K.OUT_EVALS] += self.stages - 1
+            if not A.control(err, h, self.q, out):
+                continue
+            total, changed, diff = K.dense_step_summary(Wc, self.V, mask)
+            Wc, self.V = self.V, Wc
+            fresh = True
+            j += 1
+            t = A.step_time(t, h, self.t_end)
+            if not mask.all():
+                W[:, cols] = Wc
+                cols, Wc = cols[mask], np.ascontiguousarray(Wc[:, mask])
+                mask = np.empty(cols.size, dtype=np.bool_)
+                self._allocate(cols.size)
+            if K.converged_after(changed, diff / h, t, conv_tol, conv_window, out):
+                status = K.STATUS_CONVERGED
+                break
+            if stop_nnz >= 0 and np.count_nonzero(Wc, axis=1).max(initial=0) <= stop_nnz:
+                status = K.STATUS_STOP
+                break
+            if t < t1 and j >= j_end:
+                status = K.STATUS_BUDGET
+                break
+            if self._use_sparse(total):
+                break
+        W[:, cols] = Wc
+        return t, j, status
+
     def stats(self):
         return row_stats(self.W, self.model)
 
     def fork(self):
+        if self.adaptive:
+            return DenseEngine(self.W.copy(), self.model, self.method, self.sparse_below, rtol=self.rtol,
+                               atol=self.atol, t_end=self.t_end)
         return DenseEngine(self.W.copy(), self.model, self.method, self.sparse_below, self.sparse_engine)
 
 
@@ -382,13 +494,15 @@ def warm_up(model, method, dense=False):
         warnings.simplefilter("ignore")
         tiny = model.replace(n=2, m=2, init_std=0.5)
         W = tiny.initial_weights()
-        engines = [make_engine(W.copy(), tiny, method)]
+        tol = dict(rtol=1e-6, atol=1e-9, t_end=1e-3) if method in EMBEDDED else {}
+        engines = [make_engine(W.copy(), tiny, method, **tol)]
         if tiny.interference or dense:
-            engines.append(DenseEngine(W.copy(), tiny, method, 0.0))
+            engines.append(DenseEngine(W.copy(), tiny, method, 0.0, **tol))
         if tiny.interference and tiny.l1:  # the sparse engine
-            engines.append(DenseEngine(W, tiny, method, 1.0))
-        out = np.zeros(K.OUT_SIZE)
+            engines.append(DenseEngine(W, tiny, method, 1.0, **tol))
         for engine in engines:
+            out = np.zeros(K.OUT_SIZE)
+            A.start(out, 1e-3)
             engine.run(0.0, 0, 1e-3, 1e-3, 1, -1, 1e-12, 1.0, out)
             engine.stats()
     return time.perf_counter() - tick

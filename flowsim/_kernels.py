@@ -25,8 +25,12 @@ _opts = dict(cache=True, nogil=True, error_model="numpy")
 STATUS_DONE, STATUS_BUDGET, STATUS_STOP, STATUS_NONFINITE, STATUS_CONVERGED, STATUS_DENSE = range(6)
 
 #: Layout of the ``out`` array every run kernel reads and writes (float64, OUT_SIZE).
+#: The adaptive methods keep their controller state there too (``_adaptive``): the next
+#: step size, the previous accepted error norm, whether the last trial was rejected, the
+#: rejected trials, the smallest and largest accepted step and the largest allowed one.
 OUT_T, OUT_J, OUT_STATUS, OUT_BAD, OUT_RELEASES, OUT_STREAK, OUT_EVALS = range(7)
-OUT_SIZE = 8
+OUT_H, OUT_ERRPREV, OUT_REJLAST, OUT_REJECTED, OUT_HMIN, OUT_HMAX, OUT_HCAP = range(8, 15)
+OUT_SIZE = 15
 
 
 @numba.njit(**_opts)

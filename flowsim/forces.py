@@ -42,6 +42,19 @@ TABLEAUX = {
 }
 #: Order of each explicit method for smooth problems.
 ORDER = {"euler": 1, "heun": 2, "rk4": 4}
+#: Embedded pairs of the adaptive methods: (a, b, b̂, q) with b the propagated solution,
+#: b̂ the embedded one and q the order of the local error estimate (order of b̂ + 1).
+#: ``bs32``: Bogacki & Shampine (1989), order 3 with an order-2 estimate; its last stage
+#: is the new point (first same as last).
+EMBEDDED = {
+    "bs32": (
+        np.array([[0, 0, 0, 0], [1 / 2, 0, 0, 0], [0, 3 / 4, 0, 0], [2 / 9, 1 / 3, 4 / 9, 0]]),
+        np.array([2 / 9, 1 / 3, 4 / 9, 0.0]),
+        np.array([7 / 24, 1 / 4, 1 / 3, 1 / 8]),
+        3,
+    ),
+}
+ORDER["bs32"] = 3
 
 
 def feature_benefit(W, c=1.0):
@@ -153,6 +166,81 @@ def reference_step(W, model, h, method):
     if s is not None:
         V = np.where(V * s > 0, V, 0.0)
     return V
+
+
+def embedded_step(W, model, h, method, rtol, atol):
+    """One trial step of an embedded pair (the definition the adaptive kernels match).
+
+    The propagated solution is that of :func:`reference_step` with the pair's tableau
+    (frozen signs, crossing weights set to 0); the error norm is defined in
+    ``flowsim._adaptive``.
+
+    Parameters
+    ----------
+    W : ndarray, shape (n, m)
+    model : Model
+    h : float
+    method : {"bs32"}
+    rtol, atol : float
+
+    Returns
+    -------
+    V : ndarray, shape (n, m)
+    err : float
+        Error norm (accept the step when <= 1; inf if a value is non-finite).
+    """
+    W = np.asarray(W, dtype=np.float64)
+    lam = model.l1_strength
+    a, b, bhat, _ = EMBEDDED[method]
+    if model.l1:
+        s = np.where(W != 0, np.sign(W), release_sign(smooth_force(W, model), lam))
+    else:
+        s = np.ones_like(W)
+    K = []
+    for i in range(len(b)):
+        U = W + h * sum(a[i, j] * K[j] for j in range(i) if a[i, j] != 0.0)
+        F = smooth_force(U, model)
+        K.append(np.where(s != 0, F - lam * s, 0.0) if model.l1 else F)
+    Vraw = W + h * sum(b[i] * K[i] for i in range(len(b)))
+    Vhat = W + h * sum(bhat[i] * K[i] for i in range(len(b)))
+    V = np.where(Vraw * s > 0, Vraw, 0.0) if model.l1 else Vraw
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        e = np.abs(Vraw - Vhat) / (atol + rtol * np.maximum(np.abs(W), np.abs(V)))
+        e = np.where(s == 0, 0.0, e)
+    if not (np.all(np.isfinite(e)) and np.all(np.isfinite(V))):
+        return V, np.inf
+    return V, float(e.max(initial=0.0))
+
+
+def reference_adaptive(W0, model, t_end, method, rtol, atol, h0, h_cap=np.inf):
+    """Integrate from t = 0 to ``t_end`` with error control (the step sequence the
+    adaptive kernels must take): trial steps of :func:`embedded_step`, accepted or
+    rejected and the next size chosen by ``_adaptive.control`` (steps at most ``h_cap``),
+    the last step shortened to end at ``t_end``.
+
+    Returns
+    -------
+    W : ndarray, shape (n, m)
+    steps : list of float
+        The accepted step sizes.
+    rejected : int
+    """
+    from . import _adaptive, _kernels
+
+    q = EMBEDDED[method][3]
+    out = np.zeros(_kernels.OUT_SIZE)
+    _adaptive.start(out, h0, h_cap)
+    W = np.array(W0, dtype=np.float64)
+    t, steps = 0.0, []
+    while t < t_end:
+        h = _adaptive.trial_size(t, t_end, t_end, out)
+        if h < 0:
+            raise FloatingPointError(f"step size underflow at t={t}")
+        V, err = embedded_step(W, model, h, method, rtol, atol)
+        if _adaptive.control(err, h, q, out):
+            W, t = V, _adaptive.step_time(t, h, t_end)
+            steps.append(h)
+    return W, steps, int(out[_kernels.OUT_REJECTED])
 
 
 def reference_run(W0, model, t_max, dt, method):

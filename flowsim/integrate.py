@@ -9,6 +9,12 @@ Methods
     step from the grid point before it, taken on a copy, so the run itself never leaves
     the grid and its numbers do not depend on ``save_at``. Only a ``t_max`` off the grid
     shortens the last step.
+``bs32``
+    Adaptive numba stepper (Bogacki-Shampine 3(2) with a PI step-size controller,
+    ``_adaptive.py``), run by the same engines: signs frozen over a step and exact zeros
+    as for heun/rk4, the step size chosen by a local error estimate against
+    ``rtol``/``atol``. Steps are not on a grid: a save time is reached by a side run
+    on a copy, so the run's own steps do not depend on ``save_at`` either.
 ``RK45``, ``RK23``, ``DOP853``, ``Radau``, ``BDF``, ``LSODA``
     scipy's adaptive solvers on the active weights, restarted at every event of the
     sign force (``_ivp.py``): an active weight reaching 0, or a pinned zero whose force
@@ -26,17 +32,22 @@ import warnings
 
 import numpy as np
 
+from . import _adaptive
 from . import _engines
 from . import _kernels as K
 from ._runtime import Interrupt, Progress, Recorder, divergence_error
 from .errors import FlowsimWarning, check_float, check_int, invalid
+from .forces import EMBEDDED
 from .model import Model
 from .provenance import weights_digest
 from .trajectory import RunStats
 
 EXPLICIT_METHODS = ("euler", "heun", "rk4")
+ADAPTIVE_METHODS = tuple(EMBEDDED)
 IVP_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
-METHODS = EXPLICIT_METHODS + IVP_METHODS + ("reduced",)
+METHODS = EXPLICIT_METHODS + ADAPTIVE_METHODS + IVP_METHODS + ("reduced",)
+#: Default tolerances (rtol, atol) per kind of method.
+TOLERANCES = {"adaptive": (1e-6, 1e-9), "ivp": (1e-8, 1e-10), "reduced": (1e-10, 1e-13)}
 
 #: Number of log-spaced save times used when ``save_at`` is not given.
 DEFAULT_SAVES = 200
@@ -44,6 +55,9 @@ DEFAULT_SAVES = 200
 #: dense/sparse crossover at n = 256 is 0.15 at m = 4096, 0.08-0.12 at m = 1024
 #: (benchmarks/bench_sparse_phase.py).
 SPARSE_BELOW = 0.15
+#: Largest step of the adaptive methods, times c (see ``_adaptive``: stability of the
+#: converged state).
+H_CAP = 1.0
 #: A time within this fraction of dt from a grid point k·dt counts as that grid point.
 GRID_TOL = 1e-9
 
@@ -103,7 +117,8 @@ def simulate(model, t_max, *, method="rk4", dt=None, W0=None, t0=0.0, save_at=No
         One of :data:`METHODS`.
     dt : float, optional
         Step of the fixed-step methods (default ``0.1 / c``; steps lie on the grid
-        k·dt); first step of the ``solve_ivp`` methods. Not used by ``reduced``.
+        k·dt); first step of ``bs32`` (default from the force at W0) and of the
+        ``solve_ivp`` methods. Not used by ``reduced``.
     W0 : array_like, shape (n, m), optional
         Weights at ``t0``; default ``model.initial_weights()``.
     t0 : float
@@ -119,10 +134,11 @@ def simulate(model, t_max, *, method="rk4", dt=None, W0=None, t0=0.0, save_at=No
     stop : Stop, optional
         Early-stopping rules.
     rtol, atol : float, optional
-        Tolerances of the ``solve_ivp`` methods (default 1e-8, 1e-10) and of
-        ``reduced`` (default 1e-10, 1e-13); not used by the fixed-step methods.
+        Tolerances (0 < rtol <= 1, atol > 0) of ``bs32`` (default 1e-6, 1e-9), of the
+        ``solve_ivp`` methods (default 1e-8, 1e-10) and of ``reduced`` (default 1e-10,
+        1e-13); not used by the fixed-step methods.
     sparse_below : float, optional
-        Fixed-step methods with interference and L1: a step that starts with at most
+        Numba steppers (fixed-step and ``bs32``) with interference and L1: a step that starts with at most
         this fraction of weights nonzero is taken by the sparse working-set engine
         (default 0.15, the measured crossover at n = 256, m = 4096; 0 keeps the dense
         engine throughout; both compute the same steps to rounding).
@@ -170,6 +186,8 @@ def simulate(model, t_max, *, method="rk4", dt=None, W0=None, t0=0.0, save_at=No
         from ._ivp import run_ivp
 
         return run_ivp(model, W, times, method, dt, stop, snapshots, progress, options)
+    if method in ADAPTIVE_METHODS:
+        return _run_adaptive(model, W, times, method, dt, stop, snapshots, progress, options)
     return _run_explicit(model, W, times, method, dt, stop, snapshots, progress, options)
 
 
@@ -181,19 +199,23 @@ def _method_options(model, method, dt, rtol, atol, sparse_below):
         for name, value in (("rtol", rtol), ("atol", atol)):
             if value is not None:
                 raise invalid(name, value, f"is not used by the fixed-step method {method!r}; leave it None")
-    uses_sparse = method in EXPLICIT_METHODS and model.interference and model.n > 1 and model.l1
+    numba = method in EXPLICIT_METHODS + ADAPTIVE_METHODS
+    uses_sparse = numba and model.interference and model.n > 1 and model.l1
     if sparse_below is not None and not uses_sparse:
-        raise invalid("sparse_below", sparse_below, "is used only by euler/heun/rk4 with interference "
-                      "and L1 on and n > 1; leave it None")
+        raise invalid("sparse_below", sparse_below, f"is used only by {'/'.join(EXPLICIT_METHODS + ADAPTIVE_METHODS)} "
+                      "with interference and L1 on and n > 1; leave it None")
     options = {}
     if method in EXPLICIT_METHODS:
         options["dt"] = check_float("dt", 0.1 / model.c if dt is None else dt, positive=True)
     else:
         options["dt"] = None if dt is None else check_float("dt", dt, positive=True)
     if method not in EXPLICIT_METHODS:
-        exact = method == "reduced"
-        options["rtol"] = check_float("rtol", (1e-10 if exact else 1e-8) if rtol is None else rtol, positive=True)
-        options["atol"] = check_float("atol", (1e-13 if exact else 1e-10) if atol is None else atol, positive=True)
+        kind = "reduced" if method == "reduced" else ("adaptive" if method in ADAPTIVE_METHODS else "ivp")
+        rtol0, atol0 = TOLERANCES[kind]
+        options["rtol"] = check_float("rtol", rtol0 if rtol is None else rtol, positive=True)
+        if options["rtol"] > 1.0:
+            raise invalid("rtol", rtol, "must be a finite number in (0, 1]")
+        options["atol"] = check_float("atol", atol0 if atol is None else atol, positive=True)
     if uses_sparse:
         options["sparse_below"] = check_float(
             "sparse_below", SPARSE_BELOW if sparse_below is None else sparse_below, minimum=0.0)
@@ -359,6 +381,107 @@ def _run_explicit(model, W, times, method, dt, stop, snapshots, progress, option
     stats = RunStats(run.status, run.t, run.steps, int(run.out[K.OUT_EVALS]), wall, comp, message,
                      rejected=0, h_min=h_min, h_max=dt if run.steps else math.nan, t_converged=t_conv)
     return rec.trajectory(method, dt, engine.W, stats, options)
+
+
+class _AdaptiveStepper(_Stepper):
+    """Advances an adaptive engine, whose steps end where its controller puts them (the
+    run's last step shortened to end at t_max): ``advance(t1)`` goes as far as it can
+    without passing t1, and a save time between two steps is reached by a side run."""
+
+    def __init__(self, engine, h0, h_cap, t, stop, bar, interrupt):
+        super().__init__(engine, 1.0, t, stop, bar, interrupt)
+        self.j, self.t = 0, t
+        _adaptive.start(self.out, h0, h_cap)
+
+    def advance(self, t1):
+        out, engine = self.out, self.engine
+        while self.t < t1:
+            tick = time.perf_counter()
+            j_prev = self.j
+            engine.run(self.t, self.j, t1, 0.0, self.jmax, self.stop_nnz, self.conv_tol, self.conv_window, out)
+            took = time.perf_counter() - tick
+            self.t, self.j, code = float(out[K.OUT_T]), int(out[K.OUT_J]), int(out[K.OUT_STATUS])
+            self.steps += self.j - j_prev
+            self.jmax = int(min(max(self.jmax * min(0.2 / max(took, 1e-4), 4.0), 1), 1 << 40))
+            self.bar.update(self.t, lambda: _nnz_max(engine))
+            if code == K.STATUS_NONFINITE:
+                raise FloatingPointError
+            if code in _STATUS:
+                self.status = _STATUS[code]
+                return False
+            if self.interrupt.flag:
+                self.status = "interrupted"
+                return False
+            if code == K.STATUS_DONE and self.t < t1:
+                break  # the next step would pass t1
+        return True
+
+    def side_stats(self, t_save):
+        side = self.engine.fork()
+        side.t_end = t_save
+        out = self.out.copy()
+        side.run(self.t, self.j, t_save, 0.0, 1 << 40, -1, -1.0, 1.0, out)
+        if int(out[K.OUT_STATUS]) == K.STATUS_NONFINITE:
+            raise FloatingPointError
+        self.out[K.OUT_EVALS] = out[K.OUT_EVALS]  # work done; its steps are not the run's
+        return side.stats(), side.W
+
+
+def initial_step(W, model, rtol, atol):
+    """First step of an adaptive method when ``dt`` is not given: 1 % of the time over
+    which the force at W changes W by its own size, in the error norm's scale
+    (Hairer & Wanner, II.4, first estimate), between 1e-6 and 1."""
+    sc = atol + rtol * np.abs(W)
+    d0 = float(np.max(np.abs(W) / sc, initial=0.0))
+    d1 = float(np.max(np.abs(force(W, model)) / sc, initial=0.0))
+    h0 = 0.01 * d0 / d1 if d0 > 1e-5 and d1 > 1e-5 else 1e-6
+    return float(min(max(h0, 1e-6), 1.0))
+
+
+def _run_adaptive(model, W, times, method, dt, stop, snapshots, progress, options):
+    t_start, t_max = float(times[0]), float(times[-1])
+    h0 = dt if dt is not None else initial_step(W, model, options["rtol"], options["atol"])
+    options["h0"] = h0
+    engine = _engines.make_engine(W, model, method, options.get("sparse_below", 0.0), options["rtol"],
+                                  options["atol"], t_max)
+    rec = Recorder(model, snapshots)
+    interrupt = Interrupt()
+    bar = Progress(progress, method, t_start, t_max, stop, int(np.count_nonzero(W, axis=1).max()))
+    run = _AdaptiveStepper(engine, h0, H_CAP / model.c, t_start, stop, bar, interrupt)
+    comp = wall0 = 0.0
+    try:
+        with interrupt.guard():
+            comp = _engines.warm_up(model, method)
+            wall0 = time.perf_counter()
+            rec.save(t_start, engine.stats(), engine.W)
+            if interrupt.flag:
+                run.status = "interrupted"
+            else:
+                for s in times[1:]:
+                    if not run.advance(float(s)):
+                        break
+                    if run.t == s:
+                        rec.save(float(s), engine.stats(), engine.W)
+                    else:
+                        stats, W_side = run.side_stats(float(s))
+                        rec.save(float(s), stats, W_side)
+    except FloatingPointError:
+        wall = time.perf_counter() - wall0
+        raise divergence_error(model, method, None, run.t, run.steps, rec, engine.W, options, wall, comp) from None
+    finally:
+        bar.close(run.t, lambda: _nnz_max(engine))
+    if run.status != "completed" and rec.t[-1] != run.t:
+        rec.save(run.t, engine.stats(), engine.W)
+    wall = time.perf_counter() - wall0
+    if run.status == "interrupted":
+        warnings.warn(f"interrupted at t={run.t:.6g}; returning the trajectory up to there", FlowsimWarning, stacklevel=3)
+    out = run.out
+    stats = RunStats(run.status, run.t, run.steps, int(out[K.OUT_EVALS]), wall, comp,
+                     _MESSAGES[run.status].format(max_nnz=run.stop_nnz), rejected=int(out[K.OUT_REJECTED]),
+                     h_min=float(out[K.OUT_HMIN]) if run.steps else math.nan,
+                     h_max=float(out[K.OUT_HMAX]) if run.steps else math.nan,
+                     t_converged=float(out[K.OUT_STREAK]) if run.status == "converged" else math.nan)
+    return rec.trajectory(method, None, engine.W, stats, options)
 
 
 def _nnz_max(engine):
