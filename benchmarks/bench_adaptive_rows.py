@@ -40,6 +40,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import flowsim  # noqa: E402
+from flowsim.integrate import H_CAP  # noqa: E402
 from flowsim import Model, Stop, simulate  # noqa: E402
 from flowsim import _adaptive  # noqa: E402
 from flowsim import _kernels as K  # noqa: E402
@@ -66,7 +67,7 @@ class Driver:
         self.out = np.zeros(K.OUT_SIZE)
         if self.kind == "bs32":
             self.engine = AdaptiveRowsEngine(W0.copy(), model, "bs32", cfg["rtol"], cfg["atol"], cfg["t_cap"])
-            _adaptive.start(self.out, cfg["h0"])
+            _adaptive.start(self.out, cfg["h0"], H_CAP / model.c)  # as simulate() does
         else:
             self.engine = RowsEngine(W0.copy(), model, "rk4")
         self.t, self.j = 0.0, 0

@@ -14,6 +14,8 @@ Public API (everything else is internal)::
     flowsim.noise       the noisy-hidden-layer model (Section 3): NoiseModel, train, drift_check
     flowsim.untied      untied encoder and decoder: UntiedModel, simulate_untied
     flowsim.split       the neuron-splitting intervention of Section 4
+    flowsim.lineage     which initial weight wins: winner_lineage
+    flowsim.cooccur     co-occurring features: simulate_cooccur (expected-loss flow), SGD mode
     flowsim.plotting    the paper's figures as functions returning Figures
 """
 from ._version import __version__

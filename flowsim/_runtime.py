@@ -119,10 +119,17 @@ class Progress:
             self.bar.close()
 
 
-def divergence_error(model, method, dt, t, step, recorder, W, options, wall, comp):
-    """The DivergenceError of a run whose weights became non-finite after time t."""
-    stats = RunStats("diverged", t, step, 0, wall, comp, "non-finite weights")
+def divergence_error(model, method, dt, t, step, recorder, W, options, wall, comp, underflow=False):
+    """The DivergenceError of a run whose weights became non-finite after time t (or,
+    ``underflow``, whose adaptive step size fell below the floor of ``_adaptive``)."""
+    stats = RunStats("diverged", t, step, 0, wall, comp, "step size underflow" if underflow else "non-finite weights")
     traj = recorder.trajectory(method, dt, W, stats, options)
+    if underflow:
+        return DivergenceError(
+            f"step size underflow after t={t:.6g} (step {step}) with method={method}, rtol={options.get('rtol')}, "
+            f"atol={options.get('atol')}: no step passed the error test (non-finite trial values, or a "
+            "tolerance below rounding); the last accepted state is kept. Try a looser rtol/atol, "
+            "or check lam/c/init_std.", t=t, step=step, trajectory=traj)
     hint = f"dt={dt / 10:g}" if dt else "tighter rtol/atol"
     return DivergenceError(
         f"weights became non-finite after t={t:.6g} (step {step}) with method={method}"

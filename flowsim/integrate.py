@@ -47,7 +47,7 @@ ADAPTIVE_METHODS = tuple(EMBEDDED)
 IVP_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
 METHODS = EXPLICIT_METHODS + ADAPTIVE_METHODS + IVP_METHODS + ("reduced",)
 #: Default tolerances (rtol, atol) per kind of method.
-TOLERANCES = {"adaptive": (1e-6, 1e-9), "ivp": (1e-8, 1e-10), "reduced": (1e-10, 1e-13)}
+TOLERANCES = {"adaptive": (1e-3, 1e-6), "ivp": (1e-8, 1e-10), "reduced": (1e-10, 1e-13)}
 
 #: Number of log-spaced save times used when ``save_at`` is not given.
 DEFAULT_SAVES = 200
@@ -134,12 +134,13 @@ def simulate(model, t_max, *, method="rk4", dt=None, W0=None, t0=0.0, save_at=No
     stop : Stop, optional
         Early-stopping rules.
     rtol, atol : float, optional
-        Tolerances (0 < rtol <= 1, atol > 0) of ``bs32`` (default 1e-6, 1e-9), of the
+        Tolerances (0 < rtol <= 1, atol > 0) of ``bs32`` (default 1e-3, 1e-6, those of
+        MATLAB's ode23, the same pair; benchmarks/study_dt.py), of the
         ``solve_ivp`` methods (default 1e-8, 1e-10) and of ``reduced`` (default 1e-10,
         1e-13); not used by the fixed-step methods.
     sparse_below : float, optional
-        Numba steppers (fixed-step and ``bs32``) with interference and L1: a step that starts with at most
-        this fraction of weights nonzero is taken by the sparse working-set engine
+        Numba steppers (fixed-step and ``bs32``) with interference and L1: a step that
+        starts with at most this fraction of weights nonzero is taken by the sparse engine
         (default 0.15, the measured crossover at n = 256, m = 4096; 0 keeps the dense
         engine throughout; both compute the same steps to rounding).
     progress : bool
@@ -298,6 +299,8 @@ _MESSAGES = {"completed": "reached t_max", "sparse": "every row has <= {max_nnz}
 class _Stepper:
     """Advances an engine along the global grid k·dt in chunks, between save times."""
 
+    stops_before_saves = False
+
     def __init__(self, engine, dt, t, stop, bar, interrupt):
         self.engine, self.dt, self.bar, self.interrupt = engine, dt, bar, interrupt
         self.j = grid_index(t, dt)
@@ -331,6 +334,8 @@ class _Stepper:
             if self.interrupt.flag:
                 self.status = "interrupted"
                 return False
+            if code == K.STATUS_DONE and self.t < t1 and self.stops_before_saves:
+                break  # an adaptive engine stops before a step that would pass t1
         return True
 
     def side_stats(self, t_save):
@@ -388,33 +393,12 @@ class _AdaptiveStepper(_Stepper):
     run's last step shortened to end at t_max): ``advance(t1)`` goes as far as it can
     without passing t1, and a save time between two steps is reached by a side run."""
 
+    stops_before_saves = True
+
     def __init__(self, engine, h0, h_cap, t, stop, bar, interrupt):
         super().__init__(engine, 1.0, t, stop, bar, interrupt)
-        self.j, self.t = 0, t
+        self.dt, self.j, self.t = 0.0, 0, t
         _adaptive.start(self.out, h0, h_cap)
-
-    def advance(self, t1):
-        out, engine = self.out, self.engine
-        while self.t < t1:
-            tick = time.perf_counter()
-            j_prev = self.j
-            engine.run(self.t, self.j, t1, 0.0, self.jmax, self.stop_nnz, self.conv_tol, self.conv_window, out)
-            took = time.perf_counter() - tick
-            self.t, self.j, code = float(out[K.OUT_T]), int(out[K.OUT_J]), int(out[K.OUT_STATUS])
-            self.steps += self.j - j_prev
-            self.jmax = int(min(max(self.jmax * min(0.2 / max(took, 1e-4), 4.0), 1), 1 << 40))
-            self.bar.update(self.t, lambda: _nnz_max(engine))
-            if code == K.STATUS_NONFINITE:
-                raise FloatingPointError
-            if code in _STATUS:
-                self.status = _STATUS[code]
-                return False
-            if self.interrupt.flag:
-                self.status = "interrupted"
-                return False
-            if code == K.STATUS_DONE and self.t < t1:
-                break  # the next step would pass t1
-        return True
 
     def side_stats(self, t_save):
         side = self.engine.fork()
@@ -422,6 +406,7 @@ class _AdaptiveStepper(_Stepper):
         out = self.out.copy()
         side.run(self.t, self.j, t_save, 0.0, 1 << 40, -1, -1.0, 1.0, out)
         if int(out[K.OUT_STATUS]) == K.STATUS_NONFINITE:
+            self.out[K.OUT_BAD] = out[K.OUT_BAD]
             raise FloatingPointError
         self.out[K.OUT_EVALS] = out[K.OUT_EVALS]  # work done; its steps are not the run's
         return side.stats(), side.W
@@ -467,7 +452,8 @@ def _run_adaptive(model, W, times, method, dt, stop, snapshots, progress, option
                         rec.save(float(s), stats, W_side)
     except FloatingPointError:
         wall = time.perf_counter() - wall0
-        raise divergence_error(model, method, None, run.t, run.steps, rec, engine.W, options, wall, comp) from None
+        raise divergence_error(model, method, None, run.t, run.steps, rec, engine.W, options, wall, comp,
+                               underflow=run.out[K.OUT_BAD] == -2) from None
     finally:
         bar.close(run.t, lambda: _nnz_max(engine))
     if run.status != "completed" and rec.t[-1] != run.t:

@@ -35,7 +35,7 @@ import numpy as np
 from . import _cli, metrics, theory
 from ._version import __version__
 from .errors import FlowsimInputError, invalid
-from .integrate import EXPLICIT_METHODS, Stop, simulate
+from .integrate import ADAPTIVE_METHODS, EXPLICIT_METHODS, TOLERANCES, Stop, simulate
 from .io import write_csv, write_json
 from .model import Model
 from .provenance import weights_digest
@@ -48,8 +48,10 @@ JSON_FORMAT_VERSION = 1
 COMPARE_FORMAT_VERSION = 1
 OPTIMIZER_CHOICES = ("flow", "sgd", "momentum", "adam", "adamw")
 #: The flow's options and their defaults (the paper's Figure 3 as flowsim integrates it).
-FLOW_DEFAULTS = dict(lam=0.01, c=1.0, method="euler", dt=0.1, t_max=None, tol=1e-6, window=50.0,
-                     sparse_below=0.15)
+FLOW_DEFAULTS = dict(lam=0.01, c=1.0, method="euler", dt=None, rtol=None, atol=None, t_max=None, tol=1e-6,
+                     window=50.0, sparse_below=0.15)
+#: Step of the fixed-step methods when --dt is not given.
+DEFAULT_DT = 0.1
 #: The discrete optimizers' options; lr, steps and l1 default to the published procedure.
 OPTIM_DEFAULTS = dict(lr=1e-3, steps=7500, l1=1e-3, momentum=None, betas=None, eps=None,
                       weight_decay=None, proximal=None)
@@ -96,7 +98,7 @@ def run_one(params):
     W0 = model.initial_weights()
     traj = simulate(model, params["t_max"], method=params["method"], dt=params["dt"], W0=W0,
                     save_at=[], stop=Stop(tol=params["tol"], window=params["window"]),
-                    sparse_below=params["sparse_below"])
+                    sparse_below=params["sparse_below"], rtol=params.get("rtol"), atol=params.get("atol"))
     stats = traj.stats
     if stats.status == "interrupted":
         raise KeyboardInterrupt
@@ -168,8 +170,11 @@ def parser():
     g = p.add_argument_group("flow (--optimizer flow, or --compare)")
     g.add_argument("--lam", type=float, default=None, help="L1 strength (default 0.01)")
     g.add_argument("--c", type=float, default=None, help="force scale (default 1, the paper's)")
-    g.add_argument("--method", default=None, help=f"one of {', '.join(EXPLICIT_METHODS)} (default euler)")
-    g.add_argument("--dt", type=float, default=None, help="step (default 0.1)")
+    g.add_argument("--method", default=None,
+                   help=f"one of {', '.join(EXPLICIT_METHODS + ADAPTIVE_METHODS)} (default euler)")
+    g.add_argument("--dt", type=float, default=None, help="step of euler/heun/rk4 (default 0.1)")
+    g.add_argument("--rtol", type=float, default=None, help="bs32: relative tolerance (default 1e-3)")
+    g.add_argument("--atol", type=float, default=None, help="bs32: absolute tolerance (default 1e-6)")
     g.add_argument("--t-max", type=float, default=None, help="cap on training time (default 100/lam)")
     g.add_argument("--tol", type=float, default=None,
                    help="converged when max|dW|/dt < tol over a window (default 1e-6)")
@@ -268,10 +273,23 @@ def specs_from_args(args):
 
 
 def _flow_params(args):
-    if args.method not in EXPLICIT_METHODS:
-        raise invalid("--method", args.method, "must be one of " + ", ".join(EXPLICIT_METHODS))
-    for name in ("dt", "tol", "window"):
-        v = getattr(args, name)
+    methods = EXPLICIT_METHODS + ADAPTIVE_METHODS
+    if args.method not in methods:
+        raise invalid("--method", args.method, "must be one of " + ", ".join(methods))
+    adaptive = args.method in ADAPTIVE_METHODS
+    for name in ("rtol", "atol") if not adaptive else ("dt",):
+        if getattr(args, name) is not None:
+            raise invalid(f"--{name}", getattr(args, name), f"is not used by --method {args.method}")
+    steps = {}
+    if adaptive:
+        steps = dict(rtol=TOLERANCES["adaptive"][0] if args.rtol is None else args.rtol,
+                     atol=TOLERANCES["adaptive"][1] if args.atol is None else args.atol)
+        if not steps["rtol"] <= 1.0:
+            raise invalid("--rtol", steps["rtol"], "must be a finite number in (0, 1]")
+    else:
+        args.dt = DEFAULT_DT if args.dt is None else args.dt
+    for name in ("tol", "window") + tuple(steps) + (() if adaptive else ("dt",)):
+        v = getattr(args, name) if name not in steps else steps[name]
         if not (math.isfinite(v) and v > 0):
             raise invalid(f"--{name}", v, "must be a finite number > 0")
     if not (args.lam > 0 and math.isfinite(args.lam)):
@@ -280,7 +298,7 @@ def _flow_params(args):
     if not (math.isfinite(t_max) and t_max > 0):
         raise invalid("--t-max", t_max, "must be a finite number > 0")
     return dict(method=args.method, dt=args.dt, t_max=t_max, tol=args.tol, window=args.window,
-                threshold=args.threshold, sparse_below=args.sparse_below)
+                threshold=args.threshold, sparse_below=args.sparse_below, **steps)
 
 
 def _optimizer_hyper(args, optimizer):

@@ -13,7 +13,9 @@ BENCH = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
                                            ("bench_sparsify.py", ["--repeats", "1"]),
                                            ("bench_noise.py", ["--no-torch", "--repeats", "1"]),
                                            ("bench_optim.py", ["--no-torch"]),
-                                           ("bench_sparse_phase.py", ["--repeats", "1", "--no-compile"])])
+                                           ("bench_sparse_phase.py", ["--repeats", "1", "--no-compile"]),
+                                           ("bench_adaptive.py", ["--repeats", "1", "--no-reference"]),
+                                           ("study_dt.py", [])])
 def test_benchmark_script_quick(script, extra, tmp_path):
     out = tmp_path / "r.json"
     r = subprocess.run([sys.executable, str(BENCH / script), "--quick", "--json", str(out), *extra],
@@ -26,6 +28,10 @@ def test_benchmark_script_quick(script, extra, tmp_path):
         assert data["ratio_numpy_over_flowsim"] > 0  # a speed is measured, not asserted here
     elif script == "bench_sparsify.py":
         assert data["runs"]["euler_dt0.5"]["nnz_vs_baseline"]["differing_times"] == 0
+    elif script == "bench_adaptive.py":
+        assert data["runs"]["bs32 (rtol=1e-3)"]["phases"][-1]["status"] == "converged"
+    elif script == "study_dt.py":
+        assert data["summary"]["rk4 dt=0.01"]["differing_runs"] == 0  # the reference against itself
     elif script == "bench_sparse_phase.py":
         assert data["figure3"]["identical_supports"] is True
         assert data["figure3"]["max_abs_diff_final_W"] <= 1e-12
