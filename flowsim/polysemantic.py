@@ -48,7 +48,7 @@ JSON_FORMAT_VERSION = 1
 COMPARE_FORMAT_VERSION = 1
 OPTIMIZER_CHOICES = ("flow", "sgd", "momentum", "adam", "adamw")
 #: The flow's options and their defaults (the paper's Figure 3 as flowsim integrates it).
-FLOW_DEFAULTS = dict(lam=0.01, c=1.0, method="euler", dt=None, rtol=None, atol=None, t_max=None, tol=1e-6,
+FLOW_DEFAULTS = dict(lam=0.01, c=1.0, method="bs32", dt=None, rtol=None, atol=None, t_max=None, tol=1e-6,
                      window=50.0, sparse_below=0.15)
 #: Step of the fixed-step methods when --dt is not given.
 DEFAULT_DT = 0.1
@@ -171,7 +171,8 @@ def parser():
     g.add_argument("--lam", type=float, default=None, help="L1 strength (default 0.01)")
     g.add_argument("--c", type=float, default=None, help="force scale (default 1, the paper's)")
     g.add_argument("--method", default=None,
-                   help=f"one of {', '.join(EXPLICIT_METHODS + ADAPTIVE_METHODS)} (default euler)")
+                   help=f"one of {', '.join(EXPLICIT_METHODS + ADAPTIVE_METHODS)} (default bs32: "
+                        "converged in the step size, benchmarks/study_dt.py)")
     g.add_argument("--dt", type=float, default=None, help="step of euler/heun/rk4 (default 0.1)")
     g.add_argument("--rtol", type=float, default=None, help="bs32: relative tolerance (default 1e-3)")
     g.add_argument("--atol", type=float, default=None, help="bs32: absolute tolerance (default 1e-6)")

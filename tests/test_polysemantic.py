@@ -17,7 +17,7 @@ from flowsim.polysemantic import parser, per_m_table, run_one
 from flowsim.sweep import run_sweep
 
 TIMING = {"run_seconds", "compile_seconds", "wall_seconds"}
-SMALL = ["--n", "12", "--m", "24", "48", "--seeds", "2", "--lam", "0.02", "--dt", "0.1"]
+SMALL = ["--n", "12", "--m", "24", "48", "--seeds", "2", "--lam", "0.02", "--method", "euler", "--dt", "0.1"]
 # the paper's settings (the CLI defaults) at n = 64
 FIG3 = dict(n=64, lam=0.01, c=1.0, method="euler", dt=0.1, t_max=1e4, tol=1e-6, window=50.0,
             threshold=0.5, sparse_below=0.15)
@@ -165,6 +165,16 @@ def test_polysemantic_serial_resume_and_rerun(tmp_path):
     assert len(meta["rerun"]) == 4
 
 
+def test_default_flow_is_bs32_at_its_default_tolerance(tmp_path):
+    """The Figure 3 default (issue 10): bs32 at rtol 1e-3, atol 1e-6, no dt."""
+    r = run("--n", "12", "--m", "24", "--seeds", "1", "--lam", "0.02", "--executor", "serial", "--no-plot",
+            "--quiet", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    row = read_csv(tmp_path / "polysemantic.csv")[0]
+    assert row["method"] == "bs32" and float(row["rtol"]) == 1e-3 and float(row["atol"]) == 1e-6
+    assert row["dt"] == "" and row["status"] == "converged"
+
+
 def test_polysemantic_warns_about_unconverged_runs(tmp_path):
     r = run(*SMALL, "--t-max", "20", "--quiet", "--executor", "serial", "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr
@@ -201,6 +211,9 @@ def test_polysemantic_on_dask_matches_local(tmp_path):
         (["--executor", "cloud"], "invalid choice"),
         (["--scheduler", "tcp://x:1"], "--scheduler"),
         (["--t-max", "-3"], "--t-max=-3.0"),
+        (["--rtol", "2"], "--rtol=2.0"),
+        (["--atol", "0"], "--atol=0.0"),
+        (["--method", "euler", "--rtol", "1e-3"], "--rtol=0.001"),
     ],
 )
 def test_polysemantic_bad_arguments(args, name, tmp_path):
