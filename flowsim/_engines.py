@@ -1,4 +1,5 @@
-"""The engines behind the explicit steppers (euler, heun, rk4), behind one interface.
+"""The engines behind the numba steppers (euler, heun, rk4, and the adaptive bs32),
+behind one interface.
 
 Every engine owns the weights ``W`` (n, m) it was given and advances them in place::
 
@@ -20,6 +21,12 @@ Which engine runs is decided by :func:`make_engine`:
   count)², releases certified by bound (B) of ``_kernels`` (the engine of commit f8da2ae,
   which checks every reachable zero at every step, stays reachable as
   ``DenseEngine(..., sparse_engine="legacy")`` for the benchmarks).
+
+With an adaptive method (``forces.EMBEDDED``) the same engines take steps sized by the
+controller of ``_adaptive`` (dt is not used; the controller state is in ``out``, set up by
+``_adaptive.start``), stop before a step that would pass t1 < ``t_end`` and end the last
+step at ``t_end``: :class:`DenseEngine` itself, and ``_adaptive_rows.AdaptiveRowsEngine``
+and ``_adaptive_sparse.AdaptiveSparseEngine`` for the rows and the sparse phase.
 
 Every choice an engine makes (which columns to compact, dense or sparse, when to
 re-materialise a lazy map) depends on the current weights alone, never on where a call
@@ -107,8 +114,7 @@ class DenseEngine:
             raise ValueError(f"sparse_engine={sparse_engine!r}: must be one of {', '.join(SPARSE_ENGINES)}")
         self.model, self.method = model, method
         self.adaptive = method in EMBEDDED
-        if self.adaptive:
-            sparse_engine = "adaptive"
+        if self.adaptive:  # its sparse phase: _adaptive_sparse.AdaptiveSparseEngine
             self.rtol, self.atol, self.t_end = rtol, atol, t_end
         self.sparse_below = sparse_below if model.l1 else 0.0
         self.dense_above = int(np.floor(self.sparse_below * W.size))
@@ -231,7 +237,7 @@ class DenseEngine:
                 self._sparse_current = False
                 run = self._run_dense_adaptive if self.adaptive else self._run_dense
                 t, j, status = run(t, j, t1, dt, j_end, stop_nnz, conv_tol, conv_window, out)
-            if self.adaptive and status == K.STATUS_DONE and t < t1 and A.trial_size(t, t1, self.t_end, out) == 0.0:
+            if self.adaptive and status == K.STATUS_DONE and t < t1 and A.trial_size(t, t1, self.t_end, out) == 0:
                 break  # the next step would pass t1
         out[K.OUT_T], out[K.OUT_J], out[K.OUT_STATUS] = t, j, status
 
