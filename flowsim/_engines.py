@@ -289,24 +289,37 @@ class DenseEngine:
             j += 1
             t = t_next
             out[K.OUT_EVALS] += self.stages
-            if not mask.all():
-                W[:, cols] = Wc
-                cols, Wc = cols[mask], np.ascontiguousarray(Wc[:, mask])
-                mask = np.empty(cols.size, dtype=np.bool_)
-                self._allocate(cols.size)
-            if K.converged_after(changed, diff / h, t, conv_tol, conv_window, out):
-                status = K.STATUS_CONVERGED
-                break
-            if stop_nnz >= 0 and np.count_nonzero(Wc, axis=1).max(initial=0) <= stop_nnz:
-                status = K.STATUS_STOP
-                break
-            if t < t1 and j >= j_end:
-                status = K.STATUS_BUDGET
-                break
-            if self._use_sparse(total):
+            cols, Wc, mask = self._compact(cols, Wc, mask)
+            status = self._after_step(changed, diff / h, t, t1, j, j_end, Wc, total, stop_nnz, conv_tol,
+                                      conv_window, out)
+            if status is not None:
                 break
         W[:, cols] = Wc
-        return t, j, status
+        return t, j, K.STATUS_DONE if status is None else status
+
+    def _compact(self, cols, Wc, mask):
+        """Drop the columns a step left all zero (mask: the live ones); W gets their
+        values first. Returns (cols, Wc, mask)."""
+        if mask.all():
+            return cols, Wc, mask
+        self.W[:, cols] = Wc
+        cols, Wc = cols[mask], np.ascontiguousarray(Wc[:, mask])
+        self._allocate(cols.size)
+        return cols, Wc, np.empty(cols.size, dtype=np.bool_)
+
+    def _after_step(self, changed, rate, t, t1, j, j_end, Wc, total, stop_nnz, conv_tol, conv_window, out):
+        """Why a dense run ends after a step ending at t: converged, every row at most
+        stop_nnz nonzeros, the step budget, or STATUS_DONE to hand over to the sparse
+        engine; None to go on."""
+        if K.converged_after(changed, rate, t, conv_tol, conv_window, out):
+            return K.STATUS_CONVERGED
+        if stop_nnz >= 0 and np.count_nonzero(Wc, axis=1).max(initial=0) <= stop_nnz:
+            return K.STATUS_STOP
+        if t < t1 and j >= j_end:
+            return K.STATUS_BUDGET
+        if self._use_sparse(total):
+            return K.STATUS_DONE
+        return None
 
     def _run_dense_adaptive(self, t, j, t1, dt, j_end, stop_nnz, conv_tol, conv_window, out):
         """``_run_dense`` for an embedded pair: trial steps sized by ``_adaptive.control``
@@ -338,24 +351,13 @@ class DenseEngine:
             fresh = True
             j += 1
             t = A.step_time(t, h, self.t_end)
-            if not mask.all():
-                W[:, cols] = Wc
-                cols, Wc = cols[mask], np.ascontiguousarray(Wc[:, mask])
-                mask = np.empty(cols.size, dtype=np.bool_)
-                self._allocate(cols.size)
-            if K.converged_after(changed, diff / h, t, conv_tol, conv_window, out):
-                status = K.STATUS_CONVERGED
-                break
-            if stop_nnz >= 0 and np.count_nonzero(Wc, axis=1).max(initial=0) <= stop_nnz:
-                status = K.STATUS_STOP
-                break
-            if t < t1 and j >= j_end:
-                status = K.STATUS_BUDGET
-                break
-            if self._use_sparse(total):
+            cols, Wc, mask = self._compact(cols, Wc, mask)
+            status = self._after_step(changed, diff / h, t, t1, j, j_end, Wc, total, stop_nnz, conv_tol,
+                                      conv_window, out)
+            if status is not None:
                 break
         W[:, cols] = Wc
-        return t, j, status
+        return t, j, K.STATUS_DONE if status is None else status
 
     def stats(self):
         return row_stats(self.W, self.model)
